@@ -1,0 +1,20 @@
+"""Shared test set-up: no test reaches a network or a user's caches, and every test is seeded."""
+import os
+import tempfile
+
+# huggingface_hub and torch.hub read these when first imported, so set them before any import.
+_CACHE_ROOT = tempfile.mkdtemp(prefix='fima-models-test-cache-')
+os.environ['HF_HOME'] = os.path.join(_CACHE_ROOT, 'hf')
+os.environ.pop('HF_HUB_CACHE', None)
+os.environ['TORCH_HOME'] = os.path.join(_CACHE_ROOT, 'torch')
+os.environ['HF_HUB_DISABLE_TELEMETRY'] = '1'
+os.environ.setdefault('HF_HUB_ETAG_TIMEOUT', '3')
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+    yield
