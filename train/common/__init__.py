@@ -1,0 +1,14 @@
+"""Shared training utilities for the ``train`` package.
+
+Every recipe (FIMA/MoCo pretraining, downstream fine-tuning, linear probing,
+retrieval) builds on the same small modules:
+
+- :mod:`train.common.config` -- YAML configs with ``_base_`` inheritance and dotted ``key=value`` overrides.
+- :mod:`train.common.distributed` -- torchrun environment, rank information and collectives.
+- :mod:`train.common.checkpoint` -- atomic saves, keep-last-K rotation, latest-checkpoint discovery.
+- :mod:`train.common.run_log` -- CSV + TensorBoard scalars, tqdm progress with ETA and clips/s, loss plots.
+- :mod:`train.common.optim` -- SGD and per-step learning-rate schedules (cosine with warm-up, step).
+- :mod:`train.common.precision` -- autocast per device, gradient scaler, ``channels_last_3d``.
+- :mod:`train.common.seed` -- global seeding, RNG state capture/restore, per-sample seeded augmentation.
+- :mod:`train.common.sampling` -- a resumable, rank-aware batch sampler yielding ``(epoch, index)`` pairs.
+"""
