@@ -1,0 +1,542 @@
+"""``fima-models extract``: features of many videos, resumable, with decoding in worker processes.
+
+::
+
+    fima-models extract videos/ more.mp4 list.txt --model r2plus1d_18 --out feats/ --level clip
+
+Inputs are video files, folders (searched recursively for video extensions) and text files
+(``.txt``/``.lst``/``.list``) listing one video path per line (relative paths are relative to
+the list file; blank lines and ``#`` comments are ignored). Every video gets
+``OUT/<path relative to its input root>`` with the video suffix replaced by ``.npy`` or
+``.safetensors`` and a sidecar ``<that name>.json`` holding the clip frames and times. The sidecar
+is written last, through a temp file and a rename, and records the feature file's size: it is the
+completion marker, so a run that is interrupted and started again skips exactly the finished
+videos. ``OUT/summary.json`` lists every input as ``ok``, ``failed`` (with the reason) or
+``skipped`` (already finished), with its clip count and duration in seconds; the exit status is 1
+when any input failed.
+
+Decoding runs in DataLoader worker processes: an IterableDataset shards the videos across the
+workers and packs the clips of consecutive videos into batches, so short videos still fill the
+model's batches. Under ``torchrun`` every rank takes every ``world_size``-th video, uses GPU
+``LOCAL_RANK``, and rank 0 merges the per-rank partial summaries into one ``summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fima_models.features import (
+    FORMATS, LEVELS, POOLINGS, FeatureAccumulator, atomic_write_bytes, build_transform, clip_starts,
+    extraction_config, load_model, pool_maps, prepare_inference, read_clip, read_sidecar, resolve_amp,
+    resolve_device, resolve_pooling, save_features,
+)
+from fima_models.transforms import EvalTransform
+from fima_models.video import VideoReader
+
+__all__ = [
+    'register', 'run', 'collect_inputs', 'VideoJob', 'ClipBatch', 'ClipBatchDataset', 'VIDEO_EXTENSIONS',
+    'LIST_EXTENSIONS', 'SUMMARY_NAME',
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+#: File suffixes taken as videos when a folder is searched.
+VIDEO_EXTENSIONS = (
+    '.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv', '.3gp', '.ogv', '.ts',
+)
+#: File suffixes read as lists of video paths.
+LIST_EXTENSIONS = ('.txt', '.lst', '.list')
+SUMMARY_NAME = 'summary.json'
+SUMMARY_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class VideoJob:
+    """One video to process: its position among the inputs, its file and its output name."""
+    index: int
+    path: Path
+    rel: PurePath  # output path relative to OUT, without the format suffix
+
+
+def _record(job_or_input: Any, status: str, **fields: Any) -> Dict[str, Any]:
+    entry = {'input': str(job_or_input), 'output': None, 'status': status, 'num_clips': 0,
+             'seconds': None, 'reason': None}
+    entry.update(fields)
+    return entry
+
+
+def _mirror(path: Path, root: Optional[Path]) -> PurePath:
+    """``path`` relative to ``root`` when it lies below it, else just its file name."""
+    if root is not None:
+        try:
+            return path.resolve().relative_to(root.resolve())
+        except ValueError:
+            pass
+    return PurePath(path.name)
+
+
+def _read_list(list_file: Path) -> Iterator[Path]:
+    for line in list_file.read_text(encoding='utf-8').splitlines():
+        line = line.strip()
+        if not line or line.startswith('#'):
+            continue
+        entry = Path(line).expanduser()
+        yield entry if entry.is_absolute() else list_file.parent / entry
+
+
+def collect_inputs(inputs: Sequence[str]) -> Tuple[List[VideoJob], List[Dict[str, Any]]]:
+    """Expand files, folders and list files into jobs with mirrored output names.
+
+    Returns:
+        ``(jobs, problems)``: the videos to process, and summary records (status ``failed``) for
+        inputs that do not exist or whose output name collides with an earlier video's.
+    """
+    candidates: List[Tuple[Path, PurePath]] = []
+    problems: List[Dict[str, Any]] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                _LOGGER.warning("no video files (%s) found under '%s'", ' '.join(VIDEO_EXTENSIONS), path)
+            candidates += [(p, _mirror(p, path)) for p in found]
+        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+            candidates += [(p, _mirror(p, path.parent)) for p in _read_list(path)]
+        else:
+            candidates.append((path, PurePath(path.name)))
+
+    jobs: List[VideoJob] = []
+    seen_files: Dict[Path, Path] = {}
+    seen_outputs: Dict[PurePath, Path] = {}
+    for path, rel in candidates:
+        if not path.is_file():
+            problems.append(_record(path, 'failed', reason=f"no such file: '{path}'; check the path or list entry"))
+            continue
+        resolved = path.resolve()
+        if resolved in seen_files:
+            _LOGGER.info("'%s' is listed more than once; extracting it once", path)
+            continue
+        seen_files[resolved] = path
+        out_rel = rel.with_suffix('')
+        if out_rel in seen_outputs:
+            problems.append(_record(path, 'failed', reason=(
+                f"its output name '{out_rel}' is already used by '{seen_outputs[out_rel]}'; rename one of "
+                'the videos or extract them into different --out folders')))
+            continue
+        seen_outputs[out_rel] = path
+        jobs.append(VideoJob(index=len(jobs), path=path, rel=out_rel))
+    return jobs, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding in workers
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ClipBatch:
+    """Clips of one or more videos plus the video events (finished / failed) that follow them.
+
+    ``events`` apply after the clips of the same batch: ``{'video': i, 'status': 'done',
+    'num_frames', 'fps', 'num_clips', 'padded'}`` or ``{'video': i, 'status': 'failed', 'reason'}``.
+    """
+    clips: torch.Tensor  # float (B, 3, T, S, S)
+    videos: torch.Tensor  # int64 (B,) job index of each clip
+    starts: torch.Tensor  # int64 (B,)
+    ends: torch.Tensor  # int64 (B,)
+    events: List[Dict[str, Any]] = field(default_factory=list)
+
+    def pin_memory(self) -> ClipBatch:
+        """Pin the clip tensor (DataLoader calls this with ``pin_memory=True``)."""
+        self.clips = self.clips.pin_memory()
+        return self
+
+
+class _BatchBuilder:
+    """Packs clips of consecutive videos into batches of a fixed size."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.clips: List[torch.Tensor] = []
+        self.meta: List[Tuple[int, int, int]] = []
+        self.events: List[Dict[str, Any]] = []
+
+    def add(self, video: int, start: int, end: int, clip: torch.Tensor) -> None:
+        self.clips.append(clip)
+        self.meta.append((video, start, end))
+
+    def drop(self, video: int) -> None:
+        keep = [i for i, m in enumerate(self.meta) if m[0] != video]
+        self.clips = [self.clips[i] for i in keep]
+        self.meta = [self.meta[i] for i in keep]
+
+    @property
+    def full(self) -> bool:
+        return len(self.clips) >= self.batch_size
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.clips or self.events)
+
+    def flush(self) -> ClipBatch:
+        meta = torch.tensor(self.meta, dtype=torch.int64).reshape(-1, 3)
+        batch = ClipBatch(
+            clips=torch.stack(self.clips) if self.clips else torch.empty(0),
+            videos=meta[:, 0], starts=meta[:, 1], ends=meta[:, 2], events=self.events,
+        )
+        self.clips, self.meta, self.events = [], [], []
+        return batch
+
+
+class ClipBatchDataset(IterableDataset):
+    """Decodes and transforms the clips of a list of videos, sharded across DataLoader workers.
+
+    Worker ``w`` of ``n`` takes videos ``w, w + n, ...``; each video is read by exactly one worker,
+    in clip order, and a failure drops the video's pending clips and reports it as an event.
+    """
+
+    def __init__(
+            self, jobs: Sequence[Tuple[int, str]], transform: EvalTransform, clip_len: int, stride: int,
+            step: int, batch_size: int, fps: Optional[float] = None, decoder_threads: int = 0,
+    ) -> None:
+        super().__init__()
+        self.jobs = list(jobs)
+        self.transform = transform
+        self.clip_len, self.stride, self.step = clip_len, stride, step
+        self.batch_size = batch_size
+        self.fps = fps
+        self.decoder_threads = decoder_threads
+
+    def __iter__(self) -> Iterator[ClipBatch]:
+        info = get_worker_info()
+        shard = self.jobs if info is None else self.jobs[info.id::info.num_workers]
+        builder = _BatchBuilder(self.batch_size)
+        for index, path in shard:
+            reader: Optional[VideoReader] = None
+            try:
+                reader = VideoReader(path, fps=self.fps, threads=self.decoder_threads)
+                count = 0
+                for start in clip_starts(reader.num_frames, self.clip_len, self.stride, self.step):
+                    frames, end = read_clip(reader, start, self.clip_len, self.step)
+                    builder.add(index, start, end, self.transform(frames))
+                    count += 1
+                    if builder.full:
+                        yield builder.flush()
+                builder.events.append({
+                    'video': index, 'status': 'done', 'num_frames': reader.num_frames, 'fps': reader.fps,
+                    'num_clips': count,
+                    'padded': reader.num_frames < (self.clip_len - 1) * self.step + 1,
+                })
+            except Exception as exc:  # noqa: BLE001 - any failure of one video must not stop the others
+                builder.drop(index)
+                builder.events.append({'video': index, 'status': 'failed', 'reason': _reason(exc)})
+            finally:
+                if reader is not None:
+                    reader.close()
+        if builder.pending:
+            yield builder.flush()
+
+
+def _reason(exc: BaseException) -> str:
+    return f'{type(exc).__name__}: {exc}'
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed
+# ---------------------------------------------------------------------------------------------
+def _dist_env() -> Tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the torchrun environment (``0, 1, 0`` without it)."""
+    return (int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)),
+            int(os.environ.get('LOCAL_RANK', 0)))
+
+
+def _init_dist(world_size: int) -> bool:
+    """Join the torchrun process group (gloo, used only for barriers); True when this call created it."""
+    import torch.distributed as dist
+
+    if world_size <= 1 or dist.is_initialized():
+        return False
+    if 'MASTER_ADDR' not in os.environ:
+        raise RuntimeError('WORLD_SIZE > 1 but MASTER_ADDR is not set; launch multi-process runs with torchrun')
+    dist.init_process_group('gloo')
+    return True
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``extract`` sub-command to the ``fima-models`` parser."""
+    parser = subparsers.add_parser(
+        'extract', help='extract clip, video or dense features of videos',
+        description=__doc__.split('::')[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``fima-models extract``."""
+    parser.add_argument('inputs', nargs='+', metavar='INPUT', help='video files, folders or text files listing videos')
+    parser.add_argument('--model', required=True, metavar='NAME_OR_DIR',
+                        help='model name or alias, hf-hub:/local-dir: source, or a converted model folder')
+    parser.add_argument('--pretrained', action=argparse.BooleanOptionalAction, default=True,
+                        help='load the pretrained weights of a named model (default: yes)')
+    parser.add_argument('--out', required=True, type=Path, metavar='DIR', help='output folder')
+    parser.add_argument('--clip-len', type=int, default=16, help='frames per clip (default: 16)')
+    parser.add_argument('--stride', type=int, default=16, help='frames between clip starts (default: 16)')
+    parser.add_argument('--step', type=int, default=1, help='frames between the frames of a clip (default: 1)')
+    parser.add_argument('--fps', type=float, default=None, help='resample videos to this frame rate first')
+    parser.add_argument('--size', type=int, default=None, help='crop size (default: from the model config)')
+    parser.add_argument('--level', choices=LEVELS, default='clip', help='feature level (default: clip)')
+    parser.add_argument('--spatial-pool', choices=POOLINGS, default=None, help='pooling over H, W (default: avg)')
+    parser.add_argument('--temporal-pool', choices=POOLINGS, default=None, help='pooling over T (default: avg)')
+    parser.add_argument('--layer', type=int, default=None,
+                        help='intermediate block to read (forward_intermediates index; default: final map)')
+    parser.add_argument('--format', choices=FORMATS, default='npy', help='feature file format (default: npy)')
+    parser.add_argument('--batch-size', type=int, default=8, help='clips per forward pass (default: 8)')
+    parser.add_argument('--workers', type=int, default=2, help='decoding worker processes (default: 2)')
+    parser.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available)')
+    parser.add_argument('--amp', choices=('bf16', 'none'), default='none',
+                        help='bfloat16 autocast; refused on CPUs without native bf16')
+    parser.add_argument('--channels-last', action='store_true', help='channels-last-3d memory format')
+    parser.add_argument('--overwrite', action='store_true', help='extract again even if an output is finished')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+
+
+def _output_path(out_dir: Path, rel: PurePath, fmt: str) -> Path:
+    return out_dir / rel.parent / f'{rel.name}.{fmt}'
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ('clip_len', 'stride', 'step', 'batch_size'):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        raise ValueError(f'--workers must be >= 0, got {args.workers}')
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out '{args.out}' exists and is not a folder; choose another output folder")
+
+
+@dataclass
+class _RunState:
+    """Bookkeeping of one rank's extraction."""
+    records: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    clips: int = 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fima-models extract``; returns 0 when no input failed, else 1."""
+    _check_args(args)
+    rank, world_size, local_rank = _dist_env()
+    created_group = _init_dist(world_size)
+    try:
+        return _run(args, rank, world_size, local_rank)
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> int:
+    device = resolve_device(args.device)
+    if device.type == 'cuda' and device.index is None and world_size > 1:
+        device = torch.device('cuda', local_rank)
+    amp = None if args.amp == 'none' else args.amp
+    resolve_amp(amp, device)  # refuse before spending time on the model
+    spatial, temporal = resolve_pooling(args.level, args.spatial_pool, args.temporal_pool)
+
+    model = load_model(args.model, pretrained=args.pretrained)
+    transform = build_transform(model, size=args.size)
+    runner = prepare_inference(model, device=device, amp=amp, channels_last=args.channels_last, layer=args.layer)
+    config = extraction_config(args.clip_len, args.stride, args.step, args.level, spatial, temporal,
+                               args.layer, transform, args.fps, amp)
+    fingerprint = json.loads(json.dumps({'model': args.model, 'pretrained': bool(args.pretrained),
+                                         'format': args.format, **config}))
+
+    jobs, problems = collect_inputs(args.inputs)
+    all_records: Dict[int, Dict[str, Any]] = {}
+    if rank == 0:
+        for i, problem in enumerate(problems):
+            all_records[len(jobs) + i] = problem
+    state = _RunState(records=all_records)
+    pending: List[VideoJob] = []
+    for job in jobs[rank::world_size]:
+        out_path = _output_path(args.out, job.rel, args.format)
+        meta = None if args.overwrite else read_sidecar(out_path)
+        if meta is not None and meta.get('extraction') == fingerprint:
+            state.records[job.index] = _record(
+                job.path, 'skipped', output=str(out_path.relative_to(args.out)), num_clips=meta.get('num_clips', 0),
+                seconds=meta.get('duration'), reason='already extracted with the same settings')
+            continue
+        if meta is not None:
+            _LOGGER.info("'%s' was extracted with other settings; extracting it again", out_path)
+        pending.append(job)
+
+    started = time.perf_counter()
+    if pending:
+        _extract(args, pending, runner, transform, spatial, temporal, config, fingerprint, state, rank)
+    elapsed = time.perf_counter() - started
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = _partial_summary(state, elapsed)
+    if world_size == 1:
+        summary = _merge_summaries([partial], args, config, world_size)
+    else:
+        part_path = args.out / f'summary.rank{rank}-of-{world_size}.json'
+        atomic_write_bytes(part_path, json.dumps(partial).encode('utf-8'))
+        _barrier(world_size)
+        summary = None
+        if rank == 0:
+            parts = [args.out / f'summary.rank{r}-of-{world_size}.json' for r in range(world_size)]
+            summary = _merge_summaries([json.loads(p.read_text(encoding='utf-8')) for p in parts], args,
+                                       config, world_size)
+            for p in parts:
+                p.unlink()
+        _barrier(world_size)
+    if summary is not None:
+        atomic_write_bytes(args.out / SUMMARY_NAME, json.dumps(summary, indent=1).encode('utf-8'))
+        counts = summary['counts']
+        print(f"extracted {counts['ok']} video(s), skipped {counts['skipped']}, failed {counts['failed']}; "
+              f"{summary['clips']} clips in {summary['elapsed_seconds']:.1f} s "
+              f"({summary['clips_per_second']:.1f} clips/s); summary: {args.out / SUMMARY_NAME}")
+        for entry in summary['videos']:
+            if entry['status'] == 'failed':
+                _LOGGER.error("failed: '%s': %s", entry['input'], entry['reason'])
+        return 1 if counts['failed'] else 0
+    return 1 if any(r['status'] == 'failed' for r in state.records.values()) else 0
+
+
+def _extract(
+        args: argparse.Namespace, pending: List[VideoJob], runner: Any, transform: EvalTransform,
+        spatial: str, temporal: str, config: Dict[str, Any], fingerprint: Dict[str, Any],
+        state: _RunState, rank: int,
+) -> None:
+    """Decode, run and save the pending videos, recording each outcome in ``state``."""
+    from tqdm.auto import tqdm
+
+    by_index = {job.index: job for job in pending}
+    workers = min(args.workers, len(pending))
+    dataset = ClipBatchDataset(
+        [(job.index, str(job.path)) for job in pending], transform, args.clip_len, args.stride, args.step,
+        args.batch_size, fps=args.fps, decoder_threads=1 if workers else 0,
+    )
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, pin_memory=runner.device.type == 'cuda',
+        prefetch_factor=4 if workers else None,
+    )
+    accumulators: Dict[int, FeatureAccumulator] = {}
+    broken: Dict[int, str] = {}
+    bar = tqdm(total=len(pending), unit='video', desc='extract', dynamic_ncols=True,
+               disable=True if args.no_progress or rank != 0 else None)
+    started = time.perf_counter()
+
+    def finish(index: int, status: str, **fields: Any) -> None:
+        job = by_index[index]
+        state.records[job.index] = _record(job.path, status, **fields)
+        bar.update(1)
+        rate = state.clips / max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix_str(f'{rate:.1f} clips/s', refresh=False)
+
+    try:
+        for batch in loader:
+            if batch.videos.numel():
+                _run_batch(batch, runner, spatial, temporal, args.level, accumulators, broken)
+                state.clips += int(batch.videos.numel())
+            for event in batch.events:
+                index = event['video']
+                accumulator = accumulators.pop(index, None)
+                if event['status'] == 'failed' or index in broken:
+                    finish(index, 'failed', reason=event.get('reason') or broken.pop(index))
+                    continue
+                job = by_index[index]
+                out_path = _output_path(args.out, job.rel, args.format)
+                try:
+                    assert accumulator is not None, 'a finished video without clips'
+                    result = accumulator.result(args.model, event['fps'], event['num_frames'],
+                                                padded=event['padded'], config=config)
+                    save_features(result, out_path, extra={'input': str(job.path), 'extraction': fingerprint})
+                except Exception as exc:  # noqa: BLE001 - one unwritable output must not stop the rest
+                    finish(index, 'failed', reason=f'could not write the features: {_reason(exc)}')
+                    continue
+                finish(index, 'ok', output=str(out_path.relative_to(args.out)), num_clips=result.num_clips,
+                       seconds=result.duration)
+    except Exception as exc:  # noqa: BLE001 - a dead worker: report what is left instead of crashing
+        _LOGGER.error('decoding stopped: %s', _reason(exc))
+        for job in pending:
+            if job.index not in state.records:
+                state.records[job.index] = _record(job.path, 'failed', reason=f'extraction stopped: {_reason(exc)}')
+    finally:
+        bar.close()
+
+
+def _run_batch(
+        batch: ClipBatch, runner: Any, spatial: str, temporal: str, level: str,
+        accumulators: Dict[int, FeatureAccumulator], broken: Dict[int, str],
+) -> None:
+    """Run the model on one batch and hand each video's rows to its accumulator."""
+    videos = batch.videos.tolist()
+    try:
+        pooled = pool_maps(runner(batch.clips), spatial, temporal).cpu()
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail these videos, keep going
+        for index in set(videos):
+            broken.setdefault(index, f'the model failed on a batch: {_reason(exc)}')
+        return
+    lo = 0
+    for hi in range(1, len(videos) + 1):
+        if hi == len(videos) or videos[hi] != videos[lo]:
+            index = videos[lo]
+            if index not in broken:
+                accumulators.setdefault(index, FeatureAccumulator(level)).add(
+                    pooled[lo:hi], batch.starts[lo:hi].tolist(), batch.ends[lo:hi].tolist())
+            lo = hi
+
+
+def _partial_summary(state: _RunState, elapsed: float) -> Dict[str, Any]:
+    return {'records': {str(k): v for k, v in state.records.items()}, 'clips': state.clips, 'elapsed': elapsed}
+
+
+def _merge_summaries(
+        parts: List[Dict[str, Any]], args: argparse.Namespace, config: Dict[str, Any], world_size: int,
+) -> Dict[str, Any]:
+    """One summary from the per-rank partial ones, videos in input order."""
+    records: Dict[int, Dict[str, Any]] = {}
+    for part in parts:
+        records.update({int(k): v for k, v in part['records'].items()})
+    videos = [records[k] for k in sorted(records)]
+    clips = sum(int(p['clips']) for p in parts)
+    elapsed = max((float(p['elapsed']) for p in parts), default=0.0)
+    done = sum(1 for v in videos if v['status'] == 'ok')
+    return {
+        'version': SUMMARY_VERSION,
+        'model': args.model,
+        'pretrained': bool(args.pretrained),
+        'format': args.format,
+        'config': config,
+        'world_size': world_size,
+        'counts': {s: sum(1 for v in videos if v['status'] == s) for s in ('ok', 'failed', 'skipped')},
+        'clips': clips,
+        'elapsed_seconds': elapsed,
+        'clips_per_second': clips / elapsed if elapsed > 0 else 0.0,
+        'videos_per_second': done / elapsed if elapsed > 0 else 0.0,
+        'videos': videos,
+    }
