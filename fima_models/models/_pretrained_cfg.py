@@ -37,6 +37,7 @@ class VideoPretrainedCfg(PretrainedCfg):
     num_frames: Optional[int] = None  # clip length the weights were trained with
     published: bool = False  # True only when the weight file really exists at its source
     metrics: Dict[str, float] = field(default_factory=dict)  # reported downstream results
+    num_params: Optional[int] = None  # parameter count the weights' source reports (with its classifier)
 
 
 def hub_id(name: str) -> str:

@@ -1,0 +1,170 @@
+"""Model construction for the video zoo: config resolution, pretrained loading, feature wrapping.
+
+:func:`build_video_model` follows timm's ``build_model_with_cfg`` step for step, with the changes a
+video model needs: pretrained configs are :class:`VideoPretrainedCfg` with a 4-D
+``input_size=(C, T, H, W)``, weights load through :func:`fima_models.pretrained.load_pretrained`, and
+``features_only=True`` wraps the model in timm's ``FeatureGetterNet`` by default (5-D maps from the
+model's ``forward_intermediates``).
+"""
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
+
+import torch
+import torch.nn as nn
+from timm.models import PretrainedCfg, resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features
+from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
+
+from ._pretrained_cfg import VideoPretrainedCfg
+
+__all__ = ['build_video_model', 'adapt_input_conv3d', 'resolve_feature_cls']
+
+_logger = logging.getLogger(__name__)
+
+ModelT = TypeVar('ModelT', bound=nn.Module)
+
+_FEATURE_CLASSES: Dict[str, type] = {
+    'getter': FeatureGetterNet,
+    'list': FeatureListNet,
+    'dict': FeatureDictNet,
+    'hook': FeatureHookNet,
+}
+
+
+def adapt_input_conv3d(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt a pretrained first-conv weight ``(O, I, kT, kH, kW)`` to ``in_chans`` input channels.
+
+    One channel gets the sum over the pretrained channels (a grey clip then gives the response of a
+    grey RGB clip). More or fewer channels repeat the pretrained ones cyclically and rescale by
+    ``I / in_chans`` so the expected activation magnitude is unchanged.
+
+    Args:
+        weight: 5-D conv weight.
+        in_chans: Target number of input channels.
+
+    Returns:
+        The adapted weight, in the input's dtype.
+    """
+    if weight.ndim != 5:
+        raise ValueError(f'adapt_input_conv3d expects a 5-D Conv3d weight (O, I, kT, kH, kW), '
+                         f'got shape {tuple(weight.shape)}.')
+    if in_chans < 1:
+        raise ValueError(f'in_chans must be >= 1, got {in_chans}.')
+    src_chans = weight.shape[1]
+    if in_chans == src_chans:
+        return weight
+    dtype = weight.dtype
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        repeats = math.ceil(in_chans / src_chans)
+        w = w.repeat(1, repeats, 1, 1, 1)[:, :in_chans] * (src_chans / in_chans)
+    return w.to(dtype)
+
+
+def resolve_feature_cls(feature_cls: Union[str, type, None]) -> type:
+    """Map timm's feature-wrapper names (``'getter'``, ``'list'``, ``'dict'``, ``'hook'``) or a class to a class."""
+    if feature_cls is None:
+        return FeatureGetterNet
+    if isinstance(feature_cls, str):
+        key = feature_cls.lower()
+        if key not in _FEATURE_CLASSES:
+            raise ValueError(f'Unknown feature_cls {feature_cls!r}; use one of {sorted(_FEATURE_CLASSES)} '
+                             f'or pass a feature wrapper class.')
+        return _FEATURE_CLASSES[key]
+    return feature_cls
+
+
+def _as_cfg(pretrained_cfg: Union[str, Dict[str, Any], PretrainedCfg, None]) -> Union[str, PretrainedCfg, None]:
+    # timm turns a dict into a plain PretrainedCfg, which would reject the video fields
+    if isinstance(pretrained_cfg, dict):
+        return VideoPretrainedCfg(**pretrained_cfg)
+    return pretrained_cfg
+
+
+def _wrap_features(model: nn.Module, pretrained_cfg: Dict[str, Any], feature_cfg: Dict[str, Any]) -> nn.Module:
+    feature_cls = resolve_feature_cls(feature_cfg.pop('feature_cls', None))
+    feature_cfg.setdefault('out_indices', tuple(range(len(model.feature_info))))
+    if issubclass(feature_cls, (FeatureListNet, FeatureDictNet)):
+        # levels that sit inside an nn.Sequential (S3D's ``features.N``) are reached by flattening it
+        nested = any('.' in info['module'] for info in model.feature_info)
+        feature_cfg.setdefault('flatten_sequential', nested)
+    in_chans = model.in_chans
+    model = feature_cls(model, **feature_cfg)
+    model.in_chans = in_chans
+    model.pretrained_cfg = pretrained_cfg_for_features(pretrained_cfg)
+    model.default_cfg = model.pretrained_cfg
+    return model
+
+
+def build_video_model(
+        model_cls: Union[Type[ModelT], Callable[..., ModelT]],
+        variant: str,
+        pretrained: bool = False,
+        pretrained_cfg: Union[str, Dict[str, Any], PretrainedCfg, None] = None,
+        pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+        pretrained_filter_fn: Optional[Callable] = None,
+        feature_cfg: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+) -> nn.Module:
+    """Build a registered video model the way timm's ``build_model_with_cfg`` builds an image model.
+
+    1. Resolve the pretrained config of ``variant`` (a tag string, a dict, a config, or the default
+       tag from the registry) and apply ``pretrained_cfg_overlay``.
+    2. Default ``num_classes`` and ``in_chans`` from the config unless given.
+    3. Construct ``model_cls(**kwargs)`` and attach ``pretrained_cfg`` (a dict).
+    4. If ``pretrained``: ``fima_models.pretrained.load_pretrained(model, pretrained_cfg, filter_fn)``.
+    5. If ``features_only``: wrap in a timm feature class (``feature_cls``, default ``'getter'``)
+       selecting ``out_indices`` (default: every level).
+
+    Args:
+        model_cls: Model class or constructor.
+        variant: Registered architecture name.
+        pretrained: Load the config's weights.
+        pretrained_cfg: Tag, dict or config overriding the registry default.
+        pretrained_cfg_overlay: Fields replacing those of the resolved config.
+        pretrained_filter_fn: The model file's ``checkpoint_filter_fn`` (architecture-specific key remapping).
+        feature_cfg: Extra arguments for the feature wrapper.
+        **kwargs: Model arguments, plus ``features_only``, ``out_indices``, ``feature_cls``; timm's
+            ``cache_dir`` is accepted (weights use the Hugging Face / torch hub caches).
+
+    Returns:
+        The model, or its feature wrapper.
+    """
+    cache_dir = kwargs.pop('cache_dir', None)
+    if cache_dir is not None:
+        _logger.warning('cache_dir=%s is ignored: weights are cached in the Hugging Face / torch hub caches '
+                        '(set HF_HOME or TORCH_HOME to move them).', cache_dir)
+    features_only = kwargs.pop('features_only', False)
+    feature_cfg = dict(feature_cfg or {})
+    for key in ('out_indices', 'feature_cls'):
+        if key in kwargs:
+            feature_cfg[key] = kwargs.pop(key)
+    if feature_cfg and not features_only:
+        raise ValueError(f'{variant}: {sorted(feature_cfg)} only apply with features_only=True.')
+
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=_as_cfg(pretrained_cfg),
+                                 pretrained_cfg_overlay=pretrained_cfg_overlay)
+    if not isinstance(cfg, VideoPretrainedCfg):
+        cfg = VideoPretrainedCfg(**dataclasses.asdict(cfg))
+    cfg_dict = cfg.to_dict()
+    if cfg_dict.get('num_classes') is not None and cfg_dict['num_classes'] >= 0:
+        kwargs.setdefault('num_classes', cfg_dict['num_classes'])
+    input_size = cfg_dict.get('input_size')
+    if input_size is not None:
+        kwargs.setdefault('in_chans', input_size[0])
+
+    model = model_cls(**kwargs)
+    model.pretrained_cfg = cfg_dict
+    model.default_cfg = model.pretrained_cfg
+
+    if pretrained:
+        from fima_models.pretrained import load_pretrained
+        load_pretrained(model, pretrained_cfg=model.pretrained_cfg, filter_fn=pretrained_filter_fn)
+
+    if features_only:
+        model = _wrap_features(model, cfg_dict, feature_cfg)
+    return model
