@@ -37,7 +37,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import av
 import av.error
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-__all__ = ["VideoReader", "VideoDecodeError", "VideoInfo", "probe_video"]
+__all__ = ["VideoReader", "VideoDecodeError", "VideoInfo", "probe_video", "write_video"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -316,25 +316,43 @@ class VideoReader:
         return torch.from_numpy(out)
 
     def _decode_sources(self, sources: list[int]) -> list[np.ndarray]:
-        """Decode sorted unique source frame indices; returns arrays in the same order."""
-        wanted = {self._frame_pts[i]: n for n, i in enumerate(sources)}
-        first_pts = self._frame_pts[sources[0]]
-        last_pts = self._frame_pts[sources[-1]]
+        """Decode sorted unique source frame indices; returns arrays in the same order.
+
+        Wanted frames separated by a keyframe are fetched with separate seeks, so
+        several clips spread over a long video never decode the stretches between them.
+        """
         result: list[np.ndarray | None] = [None] * len(sources)
         if self._sequential:
+            wanted = {self._frame_pts[i]: n for n, i in enumerate(sources)}
             self._decode_from_start_sequential(wanted, result)
             return self._check_complete(result, sources)
+        groups: list[list[int]] = [[0]]
+        for n in range(1, len(sources)):
+            prev_pts, next_pts = self._frame_pts[sources[n - 1]], self._frame_pts[sources[n]]
+            k = bisect.bisect_right(self._key_pts, next_pts) - 1
+            if k >= 0 and self._key_pts[k] > prev_pts:
+                groups.append([n])
+            else:
+                groups[-1].append(n)
+        for group in groups:
+            wanted = {self._frame_pts[sources[n]]: n for n in group}
+            self._decode_range(self._frame_pts[sources[group[0]]], self._frame_pts[sources[group[-1]]], wanted, result)
+        return self._check_complete(result, sources)
+
+    def _decode_range(
+        self, first_pts: int, last_pts: int, wanted: dict[int, int], result: list[np.ndarray | None]
+    ) -> None:
+        """Fill ``result`` with the wanted frames between ``first_pts`` and ``last_pts``."""
         k = bisect.bisect_right(self._key_pts, first_pts) - 1
         for _ in range(_MAX_SEEK_RETRIES):
             if k < 0:
                 break
             if self._decode_after_seek(self._key_pts[k], first_pts, last_pts, wanted, result):
-                return self._check_complete(result, sources)
+                return
             _LOGGER.debug("%s: seek to pts %d overshot pts %d; seeking earlier", self.path, self._key_pts[k], first_pts)
             k -= 1
         self._rewind()
         self._decode_after_seek(None, first_pts, last_pts, wanted, result)
-        return self._check_complete(result, sources)
 
     def _decode_after_seek(
         self,
@@ -479,3 +497,103 @@ def _reason(exc: BaseException) -> str:
     """Short human-readable text of a PyAV/FFmpeg error."""
     text = getattr(exc, "strerror", None) or str(exc)
     return str(text).strip() or type(exc).__name__
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: int | float | Fraction = 25,
+    codec: str = "libx264",
+    gop: int | None = None,
+    bframes: int | None = 2,
+    pts: Sequence[int] | None = None,
+    time_base: Fraction | None = None,
+    pix_fmt: str = "yuv420p",
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
+    """Encode RGB frames into a video file with PyAV (written atomically).
+
+    Args:
+        path: output file; the suffix picks the container (.mp4, .avi, .webm, .mkv).
+        frames: uint8 ``[T, H, W, 3]`` RGB frames (H and W even for yuv420p).
+        fps: nominal frame rate.
+        codec: encoder name, e.g. ``libx264``, ``mpeg4``, ``libvpx-vp9``.
+        gop: keyframe interval in frames (None: encoder default).
+        bframes: maximum consecutive B-frames (None: encoder default; ignored by VP9).
+        pts: explicit presentation timestamps in ``time_base`` units, one per frame,
+            for variable-frame-rate files.
+        time_base: stream time base used with ``pts`` (default ``1/1000``).
+        pix_fmt: encoder pixel format.
+        options: extra encoder options.
+        container_options: muxer options, e.g. ``{"movflags": "faststart"}`` to put
+            the MP4 index first (a truncated copy then still opens).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: ``frames`` is not uint8-compatible ``[T, H, W, 3]``.
+    """
+    path = Path(path)
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"write_video expects RGB frames [T, H, W, 3], got shape {frames.shape}")
+    rate = Fraction(fps).limit_denominator(1001)
+    opts: dict[str, str] = {}
+    if codec == "libx264":
+        opts.update({"preset": "ultrafast" if bframes == 0 else "veryfast", "sc_threshold": "0"})
+        if bframes is not None:
+            opts["bf"] = str(bframes)
+        if gop is not None:
+            opts["keyint_min"] = str(gop)
+    if codec == "libvpx-vp9":
+        opts.update({"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
+    opts.update(options or {})
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        _encode(tmp, frames, rate, codec, gop, bframes, pts, time_base, pix_fmt, opts, container_options)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _encode(
+    path: Path,
+    frames: np.ndarray,
+    rate: Fraction,
+    codec: str,
+    gop: int | None,
+    bframes: int | None,
+    pts: Sequence[int] | None,
+    time_base: Fraction | None,
+    pix_fmt: str,
+    opts: dict[str, str],
+    container_options: dict[str, str] | None,
+) -> None:
+    """Mux ``frames`` into ``path`` (helper of :func:`write_video`)."""
+    fmt = {".mp4": "mp4", ".avi": "avi", ".webm": "webm", ".mkv": "matroska", ".mov": "mov"}.get(path.suffix.lower())
+    with av.open(str(path), mode="w", format=fmt, options=container_options or {}) as container:
+        stream = container.add_stream(codec, rate=rate, options=opts)
+        stream.width = frames.shape[2]
+        stream.height = frames.shape[1]
+        stream.pix_fmt = pix_fmt
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if bframes is not None and codec != "libx264" and codec.startswith(("mpeg", "h26")):
+            stream.codec_context.max_b_frames = bframes
+        tb = time_base or Fraction(1, 1000)
+        if pts is not None:
+            stream.time_base = tb
+            stream.codec_context.time_base = tb
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if pts is not None:
+                frame.pts = int(pts[i])
+                frame.time_base = tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

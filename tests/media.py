@@ -12,12 +12,10 @@ decoded from the wrong position never matches by accident.
 
 from __future__ import annotations
 
-from fractions import Fraction
-from pathlib import Path
-from typing import Sequence
-
 import av
 import numpy as np
+
+from fima_models.video import write_video
 
 __all__ = ["make_frames", "write_video", "codec_available", "CONTAINER_CODECS"]
 
@@ -70,74 +68,3 @@ def make_frames(num_frames: int = 16, height: int = 32, width: int = 32, seed: i
         img[y0 : y0 + side, x0 : x0 + side] = [(t * 37) % 256, 255 - (t * 53) % 256, (t * 91) % 256]
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
     return frames
-
-
-def write_video(
-    path: str | Path,
-    frames: np.ndarray,
-    fps: int | float | Fraction = 25,
-    codec: str = "libx264",
-    gop: int | None = None,
-    bframes: int | None = 2,
-    pts: Sequence[int] | None = None,
-    time_base: Fraction | None = None,
-    pix_fmt: str = "yuv420p",
-    options: dict[str, str] | None = None,
-    container_options: dict[str, str] | None = None,
-) -> Path:
-    """Encode ``frames`` into a real video file with PyAV.
-
-    Args:
-        path: output file; the suffix picks the container (.mp4, .avi, .webm, .mkv).
-        frames: uint8 ``[T, H, W, 3]`` RGB frames (H and W even for yuv420p).
-        fps: nominal frame rate.
-        codec: encoder name, e.g. ``libx264``, ``mpeg4``, ``libvpx-vp9``.
-        gop: keyframe interval in frames (None: encoder default).
-        bframes: maximum consecutive B-frames (None: encoder default; ignored by VP9).
-        pts: explicit presentation timestamps in ``time_base`` units, one per frame,
-            for variable-frame-rate files.
-        time_base: stream time base used with ``pts`` (default ``1/1000``).
-        pix_fmt: encoder pixel format.
-        options: extra encoder options.
-        container_options: muxer options, e.g. ``{"movflags": "faststart"}`` to put
-            the MP4 index first (a truncated copy then still opens).
-
-    Returns:
-        The written path.
-    """
-    path = Path(path)
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    rate = Fraction(fps).limit_denominator(1001)
-    opts: dict[str, str] = {}
-    if codec == "libx264":
-        opts.update({"preset": "ultrafast" if bframes == 0 else "veryfast", "sc_threshold": "0"})
-        if bframes is not None:
-            opts["bf"] = str(bframes)
-        if gop is not None:
-            opts["keyint_min"] = str(gop)
-    if codec == "libvpx-vp9":
-        opts.update({"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
-    opts.update(options or {})
-    with av.open(str(path), mode="w", options=container_options or {}) as container:
-        stream = container.add_stream(codec, rate=rate, options=opts)
-        stream.width = frames.shape[2]
-        stream.height = frames.shape[1]
-        stream.pix_fmt = pix_fmt
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        if bframes is not None and codec != "libx264" and codec.startswith(("mpeg", "h26")):
-            stream.codec_context.max_b_frames = bframes
-        tb = time_base or Fraction(1, 1000)
-        if pts is not None:
-            stream.time_base = tb
-            stream.codec_context.time_base = tb
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            if pts is not None:
-                frame.pts = int(pts[i])
-                frame.time_base = tb
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
