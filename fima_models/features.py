@@ -492,19 +492,26 @@ class FeatureAccumulator:
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
-def load_model(name_or_dir: str, pretrained: bool = True) -> nn.Module:
+def load_model(name_or_dir: str, pretrained: bool = True, seed: int = 0) -> nn.Module:
     """Create a backbone (without classifier) from a model name or a converted model folder.
+
+    A randomly initialised model (``pretrained=False``) is built under ``torch.manual_seed(seed)``
+    (without touching the caller's random state), so every run and every rank of a distributed
+    extraction computes the same features.
 
     Args:
         name_or_dir: a registered name or alias (``r2plus1d_18``, ``i3d_fima``), ``hf-hub:...``,
             ``local-dir:...``, or an existing folder written by ``fima-models convert``.
         pretrained: load the weights of a named model (a folder always brings its weights).
+        seed: seed of the random initialisation.
     """
     from fima_models._factory import create_model
 
     if os.path.isdir(name_or_dir):
         return create_model(f'local-dir:{name_or_dir}', pretrained=True, num_classes=0)
-    return create_model(name_or_dir, pretrained=pretrained, num_classes=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(name_or_dir, pretrained=pretrained, num_classes=0)
 
 
 def model_name_of(model: nn.Module) -> str:
