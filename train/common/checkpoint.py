@@ -155,8 +155,8 @@ def save_checkpoint(state: dict[str, Any], out_dir: str | Path, step: int, keep_
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
-    Training checkpoints hold optimizer and RNG state (numpy arrays, Python tuples), so they are
-    loaded with ``weights_only=False``: only load checkpoints you produced or trust.
+    Checkpoints written by ``train/`` hold only tensors and plain Python values, so they are read
+    with ``weights_only=True`` (no code from the file is executed).
 
     Args:
         path: checkpoint file.
@@ -172,7 +172,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}; pass an existing file or a run folder that has checkpoint_*.pt")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a training checkpoint (expected a dict, got {type(state).__name__})")
     return state

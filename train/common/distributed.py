@@ -18,6 +18,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,7 @@ __all__ = [
     "all_reduce_sum",
     "broadcast_tensor",
     "any_rank_true",
+    "all_gather_object",
     "resolve_device",
 ]
 
@@ -194,6 +196,15 @@ def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(tensor, src=src)
     return tensor
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Gather one picklable object per rank into a list indexed by rank (``[obj]`` on one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def any_rank_true(flag: bool, device: torch.device | str = "cpu") -> bool:

@@ -72,10 +72,21 @@ def seeded_rng(seed: int) -> Iterator[None]:
 
 
 def get_rng_state() -> dict[str, Any]:
-    """Capture Python, NumPy, torch CPU and (if available) CUDA RNG states."""
+    """Capture Python, NumPy, torch CPU and (if available) CUDA RNG states.
+
+    The result holds only tensors and plain Python values, so checkpoints that contain it load
+    with ``torch.load(..., weights_only=True)``.
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.random.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -85,8 +96,12 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore states captured by :func:`get_rng_state` (CUDA only when both sides have it)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
     torch.random.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
