@@ -1,0 +1,218 @@
+"""Persisted per-video index (frame count, fps, size) of a data set.
+
+:func:`build_index` probes every video once (packet demuxing, no decoding) in a
+thread or process pool with a tqdm progress bar and stores the result as JSON,
+written atomically (temporary file + ``os.replace``):
+
+* beside the data: ``<root>/.fima_index.json`` when ``root`` is writable, else
+* in a cache dir: ``<cache_dir or ~/.cache/fima_models/index>/<hash of root>.json``.
+
+An entry is reused while the file's size and modification time are unchanged.
+Broken videos are recorded with their error, logged, counted and skipped (or
+raise with ``strict=True``); missing files are counted and skipped likewise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tqdm.auto import tqdm
+
+from fima_models.video import VideoDecodeError, probe_video
+
+__all__ = ["VideoIndex", "build_index", "index_path_for", "INDEX_FILENAME"]
+
+_LOGGER = logging.getLogger(__name__)
+
+INDEX_FILENAME = ".fima_index.json"
+_VERSION = 1
+
+
+@dataclass
+class VideoIndex:
+    """Index of the videos of one data set root.
+
+    Attributes:
+        root: data set root (keys are paths relative to it).
+        entries: key -> ``{size, mtime_ns, num_frames, fps, duration, height, width}``
+            or ``{size, mtime_ns, error}`` for broken videos.
+        location: JSON file the index is stored in.
+        broken: ``(path, reason)`` of the broken videos among those asked for.
+        missing: listed paths that do not exist.
+        reused: entries taken from the stored index without probing.
+        probed: entries probed in this call.
+    """
+
+    root: Path
+    entries: dict[str, dict[str, Any]]
+    location: Path
+    broken: list[tuple[Path, str]] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)
+    reused: int = 0
+    probed: int = 0
+
+    def key(self, path: Path) -> str:
+        """Index key of ``path`` (relative to the root when inside it)."""
+        return _key(self.root, path)
+
+    def info(self, path: Path) -> dict[str, Any] | None:
+        """Metadata of a readable video, or None when broken or unknown."""
+        entry = self.entries.get(self.key(path))
+        if entry is None or "error" in entry:
+            return None
+        return entry
+
+    def is_ok(self, path: Path) -> bool:
+        """Whether ``path`` is indexed as a readable video."""
+        return self.info(path) is not None
+
+
+def _key(root: Path, path: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def index_path_for(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the index of ``root`` is stored (see module docs)."""
+    root = Path(root).resolve()
+    if cache_dir is None and os.access(root, os.W_OK):
+        return root / INDEX_FILENAME
+    base = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "fima_models" / "index"
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return base / f"{root.name}-{digest}.json"
+
+
+def _load(location: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(location.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        _LOGGER.warning("ignoring unreadable video index %s (%s); rebuilding it", location, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("entries"), dict):
+        return {}
+    return data["entries"]
+
+
+def _save(location: Path, entries: dict[str, dict[str, Any]]) -> None:
+    location.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=location.parent, prefix=f".{location.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"version": _VERSION, "entries": entries}, fh, sort_keys=True)
+        os.replace(tmp, location)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _probe(path: str) -> dict[str, Any]:
+    """Probe one file; never raises (module-level so process pools can pickle it)."""
+    try:
+        return dict(probe_video(path))
+    except VideoDecodeError as exc:
+        return {"error": exc.reason}
+    except FileNotFoundError:
+        return {"error": "file not found"}
+    except Exception as exc:  # noqa: BLE001 - any failure marks the video broken, the index goes on
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def build_index(
+    paths: Sequence[str | os.PathLike[str]],
+    root: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    executor: str = "thread",
+    strict: bool = False,
+    progress: bool = True,
+) -> VideoIndex:
+    """Probe ``paths`` (reusing the stored index) and persist the result.
+
+    Args:
+        paths: video files of the data set.
+        root: data set root; the index is stored beside it (or in ``cache_dir``).
+        cache_dir: store the index here instead of beside the data.
+        workers: pool size (default: ``min(8, cpu_count)``; 0 or 1 probe in this thread).
+        executor: ``"thread"`` or ``"process"`` pool.
+        strict: raise on the first broken or missing video instead of skipping it.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The :class:`VideoIndex` (``broken`` and ``missing`` list what was skipped).
+
+    Raises:
+        FileNotFoundError: ``strict`` and a listed file is missing.
+        VideoDecodeError: ``strict`` and a video is broken.
+    """
+    if executor not in ("thread", "process"):
+        raise ValueError(f"executor must be 'thread' or 'process', got '{executor}'")
+    root_path = Path(root)
+    location = index_path_for(root_path, cache_dir)
+    entries = _load(location)
+    index = VideoIndex(root=root_path, entries=entries, location=location)
+    todo: list[tuple[str, Path, int, int]] = []
+    for p in map(Path, paths):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            if strict:
+                raise FileNotFoundError(
+                    f"video listed in the annotations is missing: '{p}'. Restore it or pass strict=False to skip it."
+                ) from None
+            index.missing.append(p)
+            continue
+        key = index.key(p)
+        entry = entries.get(key)
+        if entry is not None and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            index.reused += 1
+            continue
+        todo.append((key, p, st.st_size, st.st_mtime_ns))
+    if todo:
+        n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        bar = tqdm(total=len(todo), desc="indexing videos", unit="video", disable=not progress)
+        results: list[dict[str, Any]]
+        if n_workers <= 1 or len(todo) == 1:
+            results = []
+            for _, p, _, _ in todo:
+                results.append(_probe(str(p)))
+                bar.update()
+        else:
+            pool: Executor = (ThreadPoolExecutor if executor == "thread" else ProcessPoolExecutor)(n_workers)
+            with pool:
+                results = []
+                for r in pool.map(_probe, [str(t[1]) for t in todo]):
+                    results.append(r)
+                    bar.update()
+        bar.close()
+        for (key, _, size, mtime), info in zip(todo, results):
+            entries[key] = {**info, "size": size, "mtime_ns": mtime}
+        index.probed = len(todo)
+        _save(location, entries)
+    for p in map(Path, paths):
+        entry = entries.get(index.key(p))
+        if entry is not None and "error" in entry and p.exists():
+            index.broken.append((p, entry["error"]))
+    if index.broken:
+        if strict:
+            path, reason = index.broken[0]
+            raise VideoDecodeError(path, f"{reason} ({len(index.broken)} broken video(s) in total)")
+        for path, reason in index.broken[:10]:
+            _LOGGER.warning("skipping broken video %s: %s", path, reason)
+        _LOGGER.warning("%d of %d videos are broken and skipped", len(index.broken), len(paths))
+    if index.missing:
+        _LOGGER.warning("%d of %d listed videos are missing and skipped (first: %s)",
+                        len(index.missing), len(paths), index.missing[0])
+    return index
