@@ -583,6 +583,10 @@ def extract_features(
 ) -> VideoFeatures:
     """Extract features of one video, clip by clip, in constant memory.
 
+    Clips are decoded and run ``batch_size`` at a time, so only one batch of frames is held;
+    ``level='video'`` also keeps only a running sum of the clip features. The model is switched to
+    eval mode and moved to ``device`` (see :func:`prepare_inference`).
+
     Args:
         model: a backbone, or a name / folder for :func:`load_model`.
         video: a video file or an open :class:`~fima_models.video.VideoReader`.
@@ -599,7 +603,8 @@ def extract_features(
         std: normalisation std; default from the config.
         fps: resample the video to this frame rate first (``None`` keeps its own frames).
         batch_size: clips per forward pass.
-        device: ``cpu``/``cuda``; ``None`` picks CUDA when available.
+        device: ``cpu``/``cuda``; ``None`` keeps a given model where its parameters are, and puts
+            a model loaded by name on CUDA when available.
         amp: ``'bf16'`` for bfloat16 autocast (refused on CPUs that would emulate it).
         channels_last: use the channels-last-3d memory format.
         pretrained: when ``model`` is a name, load its pretrained weights.
@@ -622,6 +627,8 @@ def extract_features(
         model = load_model(model, pretrained=pretrained)
     else:
         model_name = model_name_of(model)
+        if device is None:
+            device = next((p.device for p in model.parameters()), None)
     transform = build_transform(model, size, crop_pct, mean, std)
     runner = prepare_inference(model, device=device, amp=amp, channels_last=channels_last, layer=layer)
     reader = video if isinstance(video, VideoReader) else VideoReader(video, fps=fps)

@@ -213,6 +213,7 @@ def test_invalid_arguments(video_dir: Path, tmp_path: Path) -> None:
         run_cli([str(video_dir), '--out', str(tmp_path / 'o'), *BASE, '--level', 'dense', '--temporal-pool', 'avg'])
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_share_the_inputs_and_merge_one_summary(video_dir: Path, tmp_path: Path) -> None:
     """Two CPU ranks via torchrun and the real ``python -m fima_models.cli`` entry point."""
     pytest.importorskip('torch.distributed.run')

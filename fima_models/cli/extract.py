@@ -442,7 +442,7 @@ def _extract(
     )
     loader = DataLoader(
         dataset, batch_size=None, num_workers=workers, pin_memory=runner.device.type == 'cuda',
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=2 if workers else None,
     )
     accumulators: Dict[int, FeatureAccumulator] = {}
     broken: Dict[int, str] = {}
