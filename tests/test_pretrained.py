@@ -1,0 +1,251 @@
+"""Pretrained loading: local files, a pre-populated Hugging Face cache, URLs, fast offline failure.
+
+No test touches the network: hub repos live in a temporary ``HF_HUB_CACHE`` built with
+:func:`populate_hf_cache`, URLs are ``file://`` or a local HTTP server, and unreachable hosts are
+closed local ports.
+"""
+import hashlib
+import http.server
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Union
+
+import huggingface_hub  # noqa: F401  (imported up front so timings exclude the import)
+import pytest
+import torch
+from timm.models import _registry, get_pretrained_cfg
+
+import fima_models
+from fima_models.checkpoint import CheckpointError
+from fima_models.convert import convert_checkpoint
+from fima_models.models import VideoPretrainedCfg
+from fima_models.pretrained import (
+    PretrainedWeightsUnavailable, download_pretrained, fetch_pretrained, load_pretrained, resolve_model_source,
+)
+from tests.test_checkpoint import ARCH, clip, make_backbone, write_checkpoint
+
+TEST_TAG = f'{ARCH}.fima_test'
+
+
+def populate_hf_cache(cache: Path, repo_id: str, files: Dict[str, Union[bytes, Path]], commit: str = 'c0ffee' * 6 + 'c0de') -> Path:
+    """Lay out ``files`` as huggingface_hub would after downloading them from ``repo_id`` (revision main)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / 'snapshots' / commit
+    snapshot.mkdir(parents=True)
+    (repo / 'blobs').mkdir(exist_ok=True)
+    (repo / 'refs').mkdir(exist_ok=True)
+    (repo / 'refs' / 'main').write_text(commit)
+    for name, data in files.items():
+        payload = Path(data).read_bytes() if isinstance(data, Path) else data
+        blob = repo / 'blobs' / hashlib.sha256(payload).hexdigest()
+        blob.write_bytes(payload)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
+    return snapshot
+
+
+def closed_port() -> int:
+    """A local TCP port nobody listens on (connections are refused at once)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def features(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval().forward_features(clip(seed))
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / 'hf-cache'
+    cache.mkdir()
+    monkeypatch.setenv('HF_HUB_CACHE', str(cache))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    return cache
+
+
+@pytest.fixture
+def source():
+    model = make_backbone()
+    return model, features(model)
+
+
+@pytest.fixture
+def test_tag(monkeypatch):
+    """Register ``test_r3d.fima_test``: an unpublished FIMA tag whose hub repo is ``org/fima-test``."""
+    cfg = VideoPretrainedCfg(**{**get_pretrained_cfg(ARCH).to_dict(), 'hf_hub_id': 'org/fima-test', 'tag': 'fima_test',
+                                'architecture': ARCH, 'method': 'fima', 'num_classes': 0, 'published': False})
+    monkeypatch.setitem(_registry._model_pretrained_cfgs, TEST_TAG, cfg)
+    monkeypatch.setitem(_registry._model_with_tags, ARCH, [*_registry._model_with_tags[ARCH], TEST_TAG])
+    monkeypatch.setattr(_registry, '_model_has_pretrained', _registry._model_has_pretrained | {TEST_TAG})
+    return cfg
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything opens a socket."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f'unexpected network access: {args}')
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(socket.socket, 'connect', refuse)
+
+
+def test_file_overlay_loads_fima_checkpoint(tmp_path, source):
+    model, expected = source
+    path = write_checkpoint(tmp_path / 'checkpoint_0199.pth.tar', 'fima', model.state_dict())
+    loaded = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.equal(features(loaded), expected)
+
+
+def test_hub_name_from_offline_cache(tmp_path, hf_cache, source, no_network):
+    model, expected = source
+    ckpt = write_checkpoint(tmp_path / 'ckpt.safetensors', 'safetensors', model.state_dict())
+    export = convert_checkpoint(ckpt, ARCH, tmp_path / 'export').out_dir
+    populate_hf_cache(hf_cache, 'org/x', {f: export / f for f in ('config.json', 'model.safetensors', 'README.md')})
+    loaded = fima_models.create_model('hf-hub:org/x')
+    assert loaded.num_classes == 0
+    assert loaded.pretrained_cfg['hf_hub_id'] == 'org/x'
+    assert torch.equal(features(loaded), expected)
+    assert [p.name for p in download_pretrained('hf-hub:org/x')] == ['config.json', 'model.safetensors']
+
+
+def test_registered_tag_from_offline_cache_falls_back_to_bin(tmp_path, hf_cache, source, test_tag, no_network):
+    model, expected = source
+    bin_path = tmp_path / 'pytorch_model.bin'
+    torch.save(model.state_dict(), bin_path)
+    populate_hf_cache(hf_cache, 'org/fima-test', {'pytorch_model.bin': bin_path})
+    loaded = fima_models.create_model(TEST_TAG, pretrained=True)
+    assert torch.equal(features(loaded), expected)
+    assert download_pretrained(TEST_TAG)[0].name == 'pytorch_model.bin'
+
+
+def _assert_helpful(err: BaseException, name: str) -> None:
+    text = str(err)
+    for needle in (f"'{name}'", f'fima-models download {name}', 'fima-models convert', 'pretrained_cfg_overlay=dict(file=',
+                   'python -m train pretrain'):
+        assert needle in text, needle
+
+
+@pytest.fixture
+def silent_server():
+    """A local port that accepts TCP connections and never answers (a hanging server or proxy)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        s.listen(64)
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize('mode', ['offline', 'refused', 'silent'])
+def test_missing_weights_fail_fast_with_one_clear_error(hf_cache, monkeypatch, test_tag, silent_server, mode):
+    monkeypatch.setitem(_registry._model_pretrained_cfgs, TEST_TAG,
+                        VideoPretrainedCfg(**{**test_tag.to_dict(), 'published': True}))
+    if mode != 'offline':
+        monkeypatch.delenv('HF_HUB_OFFLINE')
+        port = closed_port() if mode == 'refused' else silent_server
+        monkeypatch.setenv('HF_ENDPOINT', f'http://127.0.0.1:{port}')
+        monkeypatch.setenv('FIMA_MODELS_CONNECT_TIMEOUT', '1')
+    start = time.monotonic()
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        fima_models.create_model(TEST_TAG, pretrained=True)
+    assert time.monotonic() - start < 5
+    _assert_helpful(info.value, TEST_TAG)
+    assert ('HF_HUB_OFFLINE' if mode == 'offline' else 'unreachable') in str(info.value)
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_unpublished_tag_fails_without_network(hf_cache, monkeypatch, test_tag, no_network):
+    monkeypatch.delenv('HF_HUB_OFFLINE')
+    with pytest.raises(PretrainedWeightsUnavailable, match='not published yet') as info:
+        fima_models.create_model(TEST_TAG, pretrained=True)
+    _assert_helpful(info.value, TEST_TAG)
+    # a real registry tag takes the same path
+    with pytest.raises(PretrainedWeightsUnavailable, match='not published yet'):
+        fetch_pretrained(get_pretrained_cfg('r3d_18.fima_ucf101'))
+
+
+def test_url_source_uses_torch_hub_cache(tmp_path, monkeypatch, source, silent_server):
+    model, expected = source
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    served = tmp_path / 'srv'
+    served.mkdir()
+    torch.save(model.state_dict(), served / 'test_r3d-0123.pth')
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f'http://127.0.0.1:{server.server_port}/test_r3d-0123.pth'
+        loaded = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(url=url))
+    finally:
+        server.shutdown()
+        server.server_close()
+    cached = tmp_path / 'torch' / 'hub' / 'checkpoints' / 'test_r3d-0123.pth'
+    assert cached.is_file()
+    assert torch.equal(features(loaded), expected)
+    # the server is gone: the cached copy is used, even offline
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    again = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(url=url))
+    assert torch.equal(features(again), expected)
+    # an uncached URL on an unreachable or silent server fails fast
+    monkeypatch.delenv('HF_HUB_OFFLINE')
+    monkeypatch.setenv('FIMA_MODELS_CONNECT_TIMEOUT', '1')
+    for port in (closed_port(), silent_server):
+        start = time.monotonic()
+        with pytest.raises(PretrainedWeightsUnavailable, match='unreachable'):
+            fima_models.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(
+                url=f'http://127.0.0.1:{port}/other.pth'))
+        assert time.monotonic() - start < 5
+
+
+def test_in_chans_and_classifier_adaptation(tmp_path, caplog):
+    source = make_backbone(num_classes=10)
+    path = tmp_path / 'sup.pth'
+    torch.save(source.state_dict(), path)
+    overlay = dict(file=str(path))
+    same = fima_models.create_model(ARCH, pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
+    assert torch.equal(same.fc.weight, source.fc.weight)
+    with caplog.at_level(logging.INFO, logger='fima_models.pretrained'):
+        other = fima_models.create_model(ARCH, pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay)
+    assert 'Dropped the checkpoint classifier' in caplog.text
+    assert other.fc.weight.shape[0] == 5
+    assert torch.allclose(other.stem[0].weight, source.stem[0].weight.sum(1, keepdim=True))
+    assert torch.equal(other.layer4[0].conv1[0].weight, source.layer4[0].conv1[0].weight)
+    headless = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+    assert torch.equal(features(headless), features(source))
+
+
+def test_wrong_architecture_names_the_keys(tmp_path):
+    path = tmp_path / 'r2p1d.pth'
+    torch.save(make_backbone('test_r2plus1d').state_dict(), path)
+    with pytest.raises(CheckpointError, match='do not fit') as info:
+        fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path)))
+    assert 'stem.' in str(info.value) and 'shape mismatches' in str(info.value)
+
+
+def test_state_dict_overlay_and_missing_file(tmp_path):
+    model = make_backbone()
+    loaded = fima_models.create_model(ARCH, num_classes=0)
+    report = load_pretrained(loaded, dict(loaded.pretrained_cfg, state_dict=model.state_dict()))
+    assert report.source == 'state_dict' and report.dropped == []
+    assert torch.equal(features(loaded), features(model))
+    with pytest.raises(CheckpointError, match='not found'):
+        fima_models.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'no.pth')))
+
+
+def test_model_source_errors(tmp_path, hf_cache):
+    with pytest.raises(CheckpointError, match='not found'):
+        resolve_model_source(f'local-dir:{tmp_path / "missing"}')
+    with pytest.raises(CheckpointError, match='no config.json'):
+        resolve_model_source(f'local-dir:{tmp_path}')
+    with pytest.raises(ValueError, match='Malformed'):
+        resolve_model_source('hf-hub:just-a-name')
+    with pytest.raises(PretrainedWeightsUnavailable, match='hf-hub:org/absent'):
+        resolve_model_source('hf-hub:org/absent')
+    with pytest.raises(ValueError, match='Unknown pretrained name'):
+        download_pretrained('no_such_model')
