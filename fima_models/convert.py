@@ -1,0 +1,345 @@
+"""Convert a checkpoint of any supported format into a zoo entry folder.
+
+``convert_checkpoint('checkpoint_0199.pth.tar', 'r2plus1d_18', 'out/r2plus1d_fima')`` detects the
+container (see :mod:`fima_models.checkpoint`), keeps only the backbone, loads it *strictly* into
+the named architecture and writes::
+
+    out/r2plus1d_fima/model.safetensors   the model's own state_dict
+    out/r2plus1d_fima/config.json         architecture, num_classes, pretrained_cfg (video fields)
+    out/r2plus1d_fima/README.md           model card
+
+``fima_models.create_model('local-dir:out/r2plus1d_fima')`` (or ``hf-hub:ORG/NAME`` once uploaded)
+then rebuilds exactly the source backbone. The folder is assembled in a temporary directory beside
+the destination and renamed into place, so a failed conversion leaves nothing behind.
+"""
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from safetensors.torch import save_file
+
+from fima_models.checkpoint import (
+    TRAIN_FORMAT, CheckpointError, ExtractedCheckpoint, load_backbone_state_dict, summarize_keys,
+)
+from fima_models.pretrained import CONFIG_NAME, SAFE_WEIGHTS_NAME, load_state_dict_strict
+
+__all__ = ['ConversionResult', 'OutputExistsError', 'convert_checkpoint', 'render_model_card', 'build_config', 'replace_directory']
+
+_logger = logging.getLogger(__name__)
+
+CARD_NAME = 'README.md'
+#: Pretrained-config fields that locate weights; meaningless inside an exported folder.
+_SOURCE_FIELDS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
+_SSL_METHODS = ('fima', 'moco')
+
+
+class OutputExistsError(FileExistsError, RuntimeError):
+    """The output folder exists and is not empty, and overwriting was not asked for."""
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert_checkpoint` wrote and which checkpoint keys it used.
+
+    Attributes:
+        out_dir: The written folder.
+        architecture: Architecture the weights were loaded into.
+        tag: Pretrained tag recorded in the config (may be empty).
+        format: Detected checkpoint format.
+        num_classes: Classifier size in the written weights (0: backbone only).
+        in_chans: Input channels of the first convolution.
+        kept: Checkpoint keys written (model key names).
+        dropped: Checkpoint keys left out (training-only parts, classifier).
+        config: The written ``config.json`` content.
+        meta: Facts read from the checkpoint container (epoch, method, training config ...).
+    """
+    out_dir: Path
+    architecture: str
+    tag: str
+    format: str
+    num_classes: int
+    in_chans: int
+    kept: List[str] = field(default_factory=list)
+    dropped: List[str] = field(default_factory=list)
+    config: Dict[str, Any] = field(default_factory=dict)
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few lines for logs and the command line."""
+        return '\n'.join([
+            f'Converted a {self.format} checkpoint into {self.architecture}'
+            f'{"." + self.tag if self.tag else ""} (num_classes={self.num_classes}, in_chans={self.in_chans}).',
+            f'Kept {len(self.kept)} keys.',
+            f'Dropped {len(self.dropped)} keys' + (f': {summarize_keys(self.dropped)}' if self.dropped else '.'),
+            f'Wrote {self.out_dir}/{{{SAFE_WEIGHTS_NAME},{CONFIG_NAME},{CARD_NAME}}}.',
+        ])
+
+
+def _filter_fn(arch: str) -> Optional[Callable]:
+    """The ``checkpoint_filter_fn`` of the model file that registers ``arch``, timm convention."""
+    from timm.models import model_entrypoint
+    module = sys.modules.get(model_entrypoint(arch).__module__)
+    return getattr(module, 'checkpoint_filter_fn', None)
+
+
+def _as_list(value: Any) -> List[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _under(key: str, names: List[str]) -> bool:
+    return any(key == n or key.startswith(n + '.') for n in names)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+def build_config(model: torch.nn.Module, overrides: Optional[Mapping[str, Any]] = None,
+                 model_args: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The ``config.json`` content describing ``model`` and its weights (timm's hub layout).
+
+    Args:
+        model: A model built by :func:`fima_models.create_model` (it carries ``pretrained_cfg``).
+        overrides: Pretrained-config fields to set (``tag``, ``method``, ``dataset``, ``metrics`` ...).
+        model_args: Constructor arguments needed to rebuild the model (besides ``num_classes``).
+
+    Returns:
+        ``{"architecture", "num_classes", "num_features", "pretrained_cfg", ["model_args"]}``.
+    """
+    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _SOURCE_FIELDS and v is not None}
+    cfg.update(overrides or {})
+    cfg['num_classes'] = model.num_classes
+    if cfg.get('input_size'):
+        cfg['input_size'] = (model.in_chans, *tuple(cfg['input_size'])[1:])
+    config: Dict[str, Any] = {
+        'architecture': cfg.pop('architecture'),
+        'num_classes': model.num_classes,
+        'num_features': model.num_features,
+        'pretrained_cfg': cfg,
+    }
+    if model_args:
+        config['model_args'] = dict(model_args)
+    return _json_safe(config)
+
+
+def render_model_card(config: Mapping[str, Any], result: Optional['ConversionResult'] = None,
+                      sections: Optional[Mapping[str, str]] = None) -> str:
+    """Markdown model card for an exported folder (Hugging Face front matter + usage).
+
+    Args:
+        config: The folder's ``config.json`` content.
+        result: The conversion, to record the source format and dropped parts.
+        sections: Extra ``{heading: markdown}`` sections (e.g. pretraining recipe, evaluation).
+
+    Returns:
+        The card text.
+    """
+    cfg = config.get('pretrained_cfg', {})
+    arch = config['architecture']
+    name = f"{arch}.{cfg['tag']}" if cfg.get('tag') else arch
+    license_ = cfg.get('license') or 'other'
+    lines = [
+        '---', 'library_name: fima-models', f'license: {license_}', 'tags:', '- video', '- video-classification',
+        '- feature-extraction', '- fima-models', '---', '', f'# {name}', '',
+        cfg.get('description') or f'{arch} video backbone weights for fima-models.', '',
+        '## Model details', '',
+        f'- Architecture: `{arch}`; input `(N, C, T, H, W)` float clips, input size {tuple(cfg.get("input_size", ()))}',
+        f'- Classifier: {config["num_classes"]} classes' if config['num_classes'] else
+        f'- Backbone only (`num_classes=0`), {config.get("num_features")} features',
+        f'- Normalisation: mean {tuple(cfg.get("mean", ()))}, std {tuple(cfg.get("std", ()))}',
+    ]
+    for key, label in (('method', 'Pretraining method'), ('dataset', 'Pretraining data'),
+                       ('num_frames', 'Clip length (frames)')):
+        if cfg.get(key) is not None:
+            lines.append(f'- {label}: {cfg[key]}')
+    if cfg.get('paper_name'):
+        lines.append(f"- Paper: {cfg['paper_name']}" + (f" ({cfg['paper_ids']})" if cfg.get('paper_ids') else ''))
+    if result is not None:
+        lines.append(f'- Converted from a `{result.format}` checkpoint; {len(result.kept)} tensors kept, '
+                     f'{len(result.dropped)} training-only or classifier keys dropped')
+    lines += [
+        '', '## Usage', '', '```python', 'import fima_models', '',
+        "model = fima_models.create_model('hf-hub:ORG/NAME')  # or 'local-dir:PATH' for this folder",
+        'features = model.forward_features(clips)  # clips: (N, 3, T, H, W)', '```', '',
+    ]
+    for heading, body in (sections or {}).items():
+        lines += [f'## {heading}', '', body.strip(), '']
+    return '\n'.join(lines).rstrip() + '\n'
+
+
+def replace_directory(staged: Path, out_dir: Path, overwrite: bool = False) -> None:
+    """Move a fully written ``staged`` folder to ``out_dir`` with renames only.
+
+    Args:
+        staged: Complete folder on the same file system as ``out_dir``.
+        out_dir: Destination; an existing non-empty one is replaced only with ``overwrite``.
+
+    Raises:
+        OutputExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f'{out_dir} exists and is not a folder; choose another --out.')
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f'{out_dir} already exists and is not empty; pass overwrite=True (--overwrite) '
+                                  'or choose another output folder.')
+        backup = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.old-'))
+        os.replace(out_dir, backup / out_dir.name)
+        try:
+            os.replace(staged, out_dir)
+        except OSError:
+            os.replace(backup / out_dir.name, out_dir)
+            raise
+        finally:
+            shutil.rmtree(backup, ignore_errors=True)
+        return
+    if out_dir.is_dir():
+        out_dir.rmdir()
+    os.replace(staged, out_dir)
+
+
+def _split_name(model_name: str, tag: Optional[str]) -> Tuple[str, str]:
+    from fima_models._factory import resolve_alias
+    arch, _, name_tag = resolve_alias(model_name).partition('.')
+    return arch, tag if tag is not None else name_tag
+
+
+def _check_train_arch(extracted: ExtractedCheckpoint, arch: str) -> None:
+    ckpt_arch = extracted.meta.get('model_name')
+    if extracted.format == TRAIN_FORMAT and ckpt_arch and str(ckpt_arch).split('.', 1)[0] != arch:
+        raise CheckpointError(
+            f"The checkpoint was trained as '{ckpt_arch}', not '{arch}'. Pass --model {ckpt_arch}.")
+
+
+def _train_overrides(extracted: ExtractedCheckpoint) -> Dict[str, Any]:
+    meta = extracted.meta
+    config = meta.get('config') or {}
+    out: Dict[str, Any] = {}
+    if meta.get('method') in _SSL_METHODS:
+        out['method'] = meta['method']
+    for key in ('dataset', 'num_frames'):
+        if isinstance(config.get(key), (str, int)):
+            out[key] = config[key]
+    return out
+
+
+def convert_checkpoint(
+        src: Union[str, os.PathLike],
+        model_name: str,
+        out_dir: Union[str, os.PathLike],
+        keep_head: bool = False,
+        tag: Optional[str] = None,
+        pretrained_cfg: Optional[Mapping[str, Any]] = None,
+        card_sections: Optional[Mapping[str, str]] = None,
+        staging_hook: Optional[Callable[[Path], None]] = None,
+        overwrite: bool = False,
+) -> ConversionResult:
+    """Convert ``src`` into ``out_dir/{model.safetensors,config.json,README.md}`` for ``model_name``.
+
+    Args:
+        src: Checkpoint file: FIMA ``checkpoint_XXXX.pth.tar``, MoCo-style, plain or torchvision
+            ``state_dict``, safetensors, or a ``python -m train`` checkpoint.
+        model_name: Architecture, ``arch.tag`` or alias; a tag selects the config defaults recorded.
+        out_dir: Destination folder (must not exist or be empty unless ``overwrite``).
+        keep_head: Keep the checkpoint's classifier (its size sets ``num_classes``); by default
+            only the backbone is written (``num_classes=0``).
+        tag: Pretrained tag to record, overriding the one in ``model_name``.
+        pretrained_cfg: Extra pretrained-config fields to record (``method``, ``dataset``, ``metrics`` ...).
+        card_sections: Extra model-card sections ``{heading: markdown}``.
+        staging_hook: Called with the staging folder after the files are written and before it is
+            moved into place; may add files (e.g. a checksum manifest).
+        overwrite: Replace an existing non-empty ``out_dir``.
+
+    Returns:
+        The conversion record (also logged).
+
+    Raises:
+        CheckpointError: Missing, unreadable or unsafe file; wrong architecture; missing, unexpected
+            or mis-shaped keys (named in the message).
+        OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+    """
+    from fima_models._factory import create_model
+
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise OutputExistsError(f'{out_dir} already exists and is not empty; pass --overwrite (overwrite=True) '
+                              'or choose another output folder.')
+    arch, tag = _split_name(model_name, tag)
+    extracted = load_backbone_state_dict(src)
+    _check_train_arch(extracted, arch)
+    probe = create_model(f'{arch}.{tag}' if tag else arch, num_classes=0)
+    cfg = dict(probe.pretrained_cfg)
+    filter_fn = _filter_fn(arch)
+    sd = filter_fn(dict(extracted.state_dict), probe) if filter_fn else dict(extracted.state_dict)
+
+    heads = _as_list(cfg.get('classifier'))
+    head_keys = [k for k in sd if _under(k, heads)]
+    dropped = list(extracted.dropped)
+    num_classes = 0
+    if keep_head:
+        weight = next((k for k in head_keys if k.endswith('weight')), None)
+        if weight is None:
+            raise CheckpointError(
+                f'keep_head was requested but the checkpoint has no classifier ({", ".join(heads) or "none"}) '
+                f'for {arch}; convert without --keep-head to get the backbone.')
+        num_classes = int(sd[weight].shape[0])
+    else:
+        for k in head_keys:
+            del sd[k]
+        dropped += head_keys
+    in_chans = getattr(probe, 'in_chans', 3)
+    for conv in _as_list(cfg.get('first_conv')):
+        w = sd.get(f'{conv}.weight')
+        if w is not None and w.ndim == 5:
+            in_chans = int(w.shape[1])
+            break
+    model_args = {'in_chans': in_chans} if in_chans != probe.in_chans else {}
+    model = create_model(f'{arch}.{tag}' if tag else arch, num_classes=num_classes, **model_args)
+    load_state_dict_strict(model, sd, name=f'{src} ({extracted.format} checkpoint)')
+    missing_bn = [k for k in model.state_dict() if k not in sd]
+    if missing_bn:
+        _logger.info('Checkpoint lacks %d BatchNorm counters; they keep their initial value.', len(missing_bn))
+
+    overrides = _train_overrides(extracted)
+    if tag:
+        overrides['tag'] = tag
+    overrides.update(pretrained_cfg or {})
+    config = build_config(model, overrides, model_args)
+    result = ConversionResult(
+        out_dir=out_dir, architecture=arch, tag=tag, format=extracted.format, num_classes=num_classes,
+        in_chans=in_chans, kept=sorted(sd), dropped=dropped, config=config, meta=_json_safe(extracted.meta))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.tmp-'))
+    try:
+        tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(tensors, str(staged / SAFE_WEIGHTS_NAME), metadata={'format': 'pt'})
+        (staged / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
+        (staged / CARD_NAME).write_text(render_model_card(config, result, card_sections))
+        if staging_hook is not None:
+            staging_hook(staged)
+        os.chmod(staged, 0o755)
+        replace_directory(staged, out_dir, overwrite=overwrite)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    _logger.info('%s', result.summary())
+    return result
