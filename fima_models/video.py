@@ -51,6 +51,8 @@ _LOGGER = logging.getLogger(__name__)
 
 #: How many progressively earlier keyframes to try before decoding from the start.
 _MAX_SEEK_RETRIES = 3
+#: A new seek is made between two wanted frames only when it skips more frames than this.
+_MIN_SKIP_TO_SEEK = 8
 
 
 class VideoDecodeError(RuntimeError):
@@ -174,7 +176,13 @@ class VideoReader:
                 if packet.size == 0 or packet.is_discard:
                     continue
                 if packet.is_corrupt:
+                    # A truncated file's last packet: it and every frame shown after it are lost
+                    # (B-frames that follow it in decode order may reference it).
                     _LOGGER.warning("%s: corrupt packet at pts %s; the video ends there", self.path, packet.pts)
+                    if packet.pts is not None:
+                        cut = packet.pts
+                        pts = [p for p in pts if p is None or p < cut]
+                        keys = [k for k in keys if k < cut]
                     break
                 pts.append(packet.pts)
                 if packet.is_keyframe and packet.pts is not None:
@@ -318,8 +326,9 @@ class VideoReader:
     def _decode_sources(self, sources: list[int]) -> list[np.ndarray]:
         """Decode sorted unique source frame indices; returns arrays in the same order.
 
-        Wanted frames separated by a keyframe are fetched with separate seeks, so
-        several clips spread over a long video never decode the stretches between them.
+        Wanted frames more than ``_MIN_SKIP_TO_SEEK`` frames apart with a keyframe in
+        between are fetched with separate seeks, so several clips spread over a long
+        video never decode the stretches between them.
         """
         result: list[np.ndarray | None] = [None] * len(sources)
         if self._sequential:
@@ -330,7 +339,7 @@ class VideoReader:
         for n in range(1, len(sources)):
             prev_pts, next_pts = self._frame_pts[sources[n - 1]], self._frame_pts[sources[n]]
             k = bisect.bisect_right(self._key_pts, next_pts) - 1
-            if k >= 0 and self._key_pts[k] > prev_pts:
+            if sources[n] - sources[n - 1] > _MIN_SKIP_TO_SEEK and k >= 0 and self._key_pts[k] > prev_pts:
                 groups.append([n])
             else:
                 groups[-1].append(n)

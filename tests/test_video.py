@@ -1,0 +1,230 @@
+"""Tests of fima_models.video: frame-exact clips, metadata, resampling and broken files."""
+
+from __future__ import annotations
+
+import pickle
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from fima_models.video import VideoDecodeError, VideoReader, probe_video
+from tests.media import CONTAINER_CODECS, codec_available, make_frames, write_video
+
+NUM_FRAMES = 60
+GOP = 10
+
+
+def full_decode(path: Path) -> np.ndarray:
+    """Reference: every frame of a plain sequential PyAV decode."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.fixture(scope="module", params=CONTAINER_CODECS, ids=[c for _, c in CONTAINER_CODECS])
+def encoded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    suffix, codec = request.param
+    if not codec_available(codec):
+        pytest.skip(f"encoder {codec} not available in this FFmpeg build")
+    path = tmp_path_factory.mktemp("enc") / f"clip{suffix}"
+    write_video(path, make_frames(NUM_FRAMES, 48, 64, seed=3), fps=25, codec=codec, gop=GOP, bframes=2)
+    return path, full_decode(path)
+
+
+def test_metadata(encoded: tuple[Path, np.ndarray]) -> None:
+    path, ref = encoded
+    with VideoReader(path) as reader:
+        assert reader.num_frames == len(ref) == NUM_FRAMES
+        assert (reader.height, reader.width) == (48, 64)
+        assert reader.fps == pytest.approx(25.0, rel=1e-3)
+        assert reader.duration == pytest.approx(NUM_FRAMES / 25.0, rel=1e-3)
+    assert probe_video(path)["num_frames"] == NUM_FRAMES
+
+
+def test_random_clips_equal_full_decode(encoded: tuple[Path, np.ndarray]) -> None:
+    path, ref = encoded
+    rng = np.random.default_rng(0)
+    reader = VideoReader(path)
+    for _ in range(40):
+        step = int(rng.integers(1, 5))
+        n = int(rng.integers(1, 14))
+        start = int(rng.integers(0, NUM_FRAMES - (n - 1) * step))
+        clip = reader.get_clip(start, n, step)
+        assert clip.dtype == torch.uint8 and clip.shape == (n, 48, 64, 3)
+        np.testing.assert_array_equal(clip.numpy(), ref[start : start + (n - 1) * step + 1 : step])
+    # the very last frames (decoder flush) and the very first one
+    np.testing.assert_array_equal(reader.get_clip(NUM_FRAMES - 3, 3).numpy(), ref[-3:])
+    np.testing.assert_array_equal(reader.get_clip(0, 1).numpy(), ref[:1])
+
+
+def test_arbitrary_indices_and_threads(encoded: tuple[Path, np.ndarray]) -> None:
+    path, ref = encoded
+    idx = [57, 3, 3, 30, 0, 44, 12, 59]
+    for threads in (1, 2):
+        frames = VideoReader(path, threads=threads).get_frames(idx)
+        np.testing.assert_array_equal(frames.numpy(), ref[idx])
+
+
+def test_clip_never_decodes_whole_file(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "long.mp4", make_frames(200, 32, 32, seed=1), codec="libx264", gop=GOP)
+    reader = VideoReader(path)
+    decoded = 0
+    frames_gen = VideoReader._frames
+
+    def counting_frames(self: VideoReader, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        nonlocal decoded
+        for frame in frames_gen(self, *args, **kwargs):
+            decoded += 1
+            yield frame
+
+    reader._frames = counting_frames.__get__(reader)  # type: ignore[method-assign]
+    clip = reader.get_clip(170, 8)
+    assert clip.shape[0] == 8
+    assert decoded <= 8 + 2 * GOP, f"decoded {decoded} frames to fetch 8"
+    # two clips far apart: one seek each, not the stretch in between
+    decoded = 0
+    reader.get_frames([5, 6, 190, 191])
+    assert decoded <= 4 + 4 * GOP
+
+
+class _OvershootingReader(VideoReader):
+    """Simulates a demuxer that lands after the clip for the first ``n`` seeks."""
+
+    def __init__(self, path: Path, overshoots: int) -> None:
+        self.overshoots = overshoots
+        self.seeks: list[int | None] = []
+        super().__init__(path)
+
+    def _decode_after_seek(self, key_pts, first_pts, last_pts, wanted, result):  # type: ignore[no-untyped-def]
+        self.seeks.append(key_pts)
+        if key_pts is not None and self.overshoots > 0:
+            self.overshoots -= 1
+            return False
+        return super()._decode_after_seek(key_pts, first_pts, last_pts, wanted, result)
+
+
+@pytest.mark.parametrize("overshoots", [1, 10])
+def test_seek_overshoot_recovers_exactly(encoded: tuple[Path, np.ndarray], overshoots: int) -> None:
+    path, ref = encoded
+    reader = _OvershootingReader(path, overshoots)
+    clip = reader.get_clip(42, 6)
+    np.testing.assert_array_equal(clip.numpy(), ref[42:48])
+    keys = [k for k in reader.seeks if k is not None]
+    assert keys == sorted(keys, reverse=True) and len(set(keys)) == len(keys)  # each retry seeks earlier
+    if overshoots > 3:
+        assert reader.seeks[-1] is None  # fell back to decoding from the start
+
+
+def test_variable_frame_rate_and_resampling(tmp_path: Path) -> None:
+    frames = make_frames(30, 32, 32, seed=5)
+    gaps = np.random.default_rng(0).integers(15, 90, size=29)
+    pts = np.concatenate([[0], np.cumsum(gaps)])  # milliseconds
+    path = write_video(tmp_path / "vfr.mp4", frames, fps=25, codec="libx264", gop=6, pts=pts,
+                       time_base=Fraction(1, 1000))
+    ref = full_decode(path)
+    reader = VideoReader(path)
+    assert reader.num_frames == len(ref) == 30
+    np.testing.assert_array_equal(reader.get_clip(0, 30).numpy(), ref)
+    np.testing.assert_array_equal(reader.get_clip(4, 6, 4).numpy(), ref[4:25:4])
+    assert reader.fps == pytest.approx(29 / (pts[-1] / 1000.0), rel=1e-3)
+    # resampled to 10 fps: frame j shows the source frame on screen at j / 10 s
+    rs = VideoReader(path, fps=10)
+    times = pts / 1000.0
+    assert rs.num_frames == int(np.floor(30 / reader.fps * 10 + 1e-6))
+    for j in range(rs.num_frames):
+        src = int(np.searchsorted(times, j / 10 + 1e-9, side="right") - 1)
+        np.testing.assert_array_equal(rs.get_clip(j, 1).numpy()[0], ref[src])
+
+
+def test_resample_constant_rate(encoded: tuple[Path, np.ndarray]) -> None:
+    path, ref = encoded
+    half = VideoReader(path, fps=12.5)
+    assert half.num_frames == NUM_FRAMES // 2 and half.fps == 12.5
+    np.testing.assert_array_equal(half.get_clip(0, half.num_frames).numpy(), ref[::2])
+    double = VideoReader(path, fps=50)
+    np.testing.assert_array_equal(double.get_clip(10, 6).numpy(), ref[[5, 5, 6, 6, 7, 7]])
+
+
+def test_pickle_and_reuse(encoded: tuple[Path, np.ndarray]) -> None:
+    path, ref = encoded
+    reader = VideoReader(path)
+    reader.get_clip(0, 2)
+    clone = pickle.loads(pickle.dumps(reader))
+    np.testing.assert_array_equal(clone.get_clip(20, 4, 2).numpy(), ref[20:27:2])
+    reader.close()
+    np.testing.assert_array_equal(reader.get_clip(50, 3).numpy(), ref[50:53])
+
+
+def test_bad_arguments(encoded: tuple[Path, np.ndarray]) -> None:
+    reader = VideoReader(encoded[0])
+    with pytest.raises(IndexError, match="outside"):
+        reader.get_clip(NUM_FRAMES - 2, 4)
+    with pytest.raises(ValueError):
+        reader.get_clip(0, 0)
+    with pytest.raises(ValueError):
+        VideoReader(encoded[0], fps=0)
+
+
+# --------------------------------------------------------------------------- broken files
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.mp4"):
+        VideoReader(tmp_path / "nope.mp4")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a video\n" * 50, bytes(range(256)) * 40],
+                         ids=["empty", "text", "random-bytes"])
+def test_unreadable_files(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(VideoDecodeError, match="bad.mp4") as info:
+        VideoReader(path)
+    assert info.value.path == str(path) and info.value.reason
+    err = pickle.loads(pickle.dumps(info.value))  # crosses DataLoader worker boundaries intact
+    assert err.path == str(path) and err.reason == info.value.reason
+
+
+def test_truncated_mp4_index_at_end(tmp_path: Path) -> None:
+    src = write_video(tmp_path / "full.mp4", make_frames(60, 32, 32), codec="libx264", gop=GOP)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])  # moov atom lost
+    with pytest.raises(VideoDecodeError, match="cut.mp4"):
+        VideoReader(cut)
+
+
+def test_truncated_faststart_mp4_serves_only_complete_frames(tmp_path: Path) -> None:
+    src = write_video(tmp_path / "full.mp4", make_frames(80, 32, 32), codec="libx264", gop=GOP,
+                      container_options={"movflags": "faststart"})
+    ref = full_decode(src)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with av.open(str(cut)) as c:
+        assert c.streams.video[0].frames == 80  # the container still claims every frame
+    reader = VideoReader(cut)
+    assert 0 < reader.num_frames < 80
+    clip = reader.get_clip(0, reader.num_frames)  # every counted frame can be served
+    np.testing.assert_array_equal(clip.numpy(), ref[: reader.num_frames])
+
+
+def test_corrupt_bytes_raise_instead_of_wrong_frames(tmp_path: Path) -> None:
+    src = write_video(tmp_path / "ok.mp4", make_frames(60, 48, 64), codec="libx264", gop=GOP)
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(0)
+    for i in rng.integers(len(data) // 5, len(data) * 3 // 5, size=30):
+        data[i] = int(rng.integers(0, 256))
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(VideoDecodeError, match="corrupt.mp4"):
+        reader = VideoReader(bad)
+        reader.get_clip(0, reader.num_frames)
+
+
+def test_text_with_video_suffix_in_probe(tmp_path: Path) -> None:
+    path = tmp_path / "notes.avi"
+    path.write_text("hello")
+    with pytest.raises(VideoDecodeError, match="notes.avi"):
+        probe_video(path)
