@@ -56,6 +56,16 @@ VIDEO_EXTENSIONS = (
 #: File suffixes read as lists of video paths.
 LIST_EXTENSIONS = ('.txt', '.lst', '.list')
 SUMMARY_NAME = 'summary.json'
+_DESCRIPTION = """\
+Extract clip, video or dense features of videos with a fima-models backbone.
+
+INPUT: video files, folders (searched recursively for video files) or text files (.txt, .lst,
+.list) listing one video path per line. Each video gets DIR/<its path below its input root> with
+the suffix replaced by .npy or .safetensors, plus a .json sidecar with the clip frames and times.
+DIR/summary.json lists every input as ok, failed (with the reason) or skipped (already finished);
+running the same command again skips finished videos. Exit status 1 when any input failed.
+Multi-GPU: torchrun --nproc-per-node N -m fima_models.cli extract ... --device cuda
+"""
 SUMMARY_VERSION = 1
 
 
@@ -286,7 +296,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``extract`` sub-command to the ``fima-models`` parser."""
     parser = subparsers.add_parser(
         'extract', help='extract clip, video or dense features of videos',
-        description=__doc__.split('::')[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
