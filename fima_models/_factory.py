@@ -61,10 +61,8 @@ def _check_registered(name: str) -> None:
     known = list_models() + list(MODEL_ALIASES)
     if not _is_video_model(arch):
         raise _unknown(name, known + list_pretrained())
-    if tag and get_pretrained_cfg(name) is None:
-        tags = list_pretrained(f'{arch}.*')
-        raise _unknown(name, tags) if tags else UnknownModelError(
-            f"Model '{arch}' has no pretrained tag '{tag}'; it has no registered weights at all.")
+    if tag and name not in list_pretrained(f'{arch}.*'):
+        raise _unknown(name, list_pretrained(f'{arch}.*'))
 
 
 def create_model(

@@ -25,18 +25,14 @@ class ModelSummary:
     tags: List[Tuple[str, bool]]  # (tag, published)
 
 
-def _default_input_size(name: str) -> Tuple[int, ...]:
-    return tuple(get_pretrained_cfg(name).input_size)
-
-
 def summarize_model(name: str) -> ModelSummary:
     """Count parameters and forward FLOPs (2 per multiply-add) of ``name`` on its default input.
 
     The model is built on the meta device, so no memory is allocated and nothing is computed.
     """
-    input_size = _default_input_size(name)
     with torch.device('meta'):
         model = create_model(name, num_classes=0).eval()
+        input_size = tuple(model.pretrained_cfg['input_size'])
         sample = torch.empty(1, *input_size)
     with FlopCounterMode(display=False) as counter:
         model(sample)
