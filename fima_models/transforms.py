@@ -217,11 +217,11 @@ def crop_box(top: int, left: int, h: int, w: int, height: int, width: int, flipp
 
 
 # --------------------------------------------------------------------------- colour
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma as rounded by torchvision
 
 
 def rgb_to_grayscale(x: torch.Tensor, num_output_channels: int = 3) -> torch.Tensor:
-    """ITU-R 601 luma, repeated to ``num_output_channels`` channels."""
+    """ITU-R 601 luma (torchvision's weights), repeated to ``num_output_channels`` channels."""
     x5, was4d = _to5d(x)
     if x5.shape[1] != 3:
         raise ValueError(f"grayscale needs 3 colour channels, got {x5.shape[1]}")
