@@ -276,7 +276,7 @@ def convert_checkpoint(
             or mis-shaped keys (named in the message).
         OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
     """
-    from fima_models._factory import create_model
+    from fima_models._factory import create_model, list_pretrained
 
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
@@ -285,7 +285,9 @@ def convert_checkpoint(
     arch, tag = _split_name(model_name, tag)
     extracted = load_backbone_state_dict(src)
     _check_train_arch(extracted, arch)
-    probe = create_model(f'{arch}.{tag}' if tag else arch, num_classes=0)
+    registered = f'{arch}.{tag}' if tag and f'{arch}.{tag}' in list_pretrained(f'{arch}.*') else arch
+    with torch.device('meta'):  # configuration only: allocates nothing
+        probe = create_model(registered, num_classes=0)
     cfg = dict(probe.pretrained_cfg)
     filter_fn = _filter_fn(arch)
     sd = filter_fn(dict(extracted.state_dict), probe) if filter_fn else dict(extracted.state_dict)
@@ -312,7 +314,7 @@ def convert_checkpoint(
             in_chans = int(w.shape[1])
             break
     model_args = {'in_chans': in_chans} if in_chans != probe.in_chans else {}
-    model = create_model(f'{arch}.{tag}' if tag else arch, num_classes=num_classes, **model_args)
+    model = create_model(registered, num_classes=num_classes, **model_args)
     load_state_dict_strict(model, sd, name=f'{src} ({extracted.format} checkpoint)')
     missing_bn = [k for k in model.state_dict() if k not in sd]
     if missing_bn:

@@ -1,0 +1,82 @@
+"""``fima-models download`` and ``fima-models convert``: getting weights onto a machine.
+
+``download`` pre-fetches pretrained weights into the Hugging Face / torch hub caches on a machine
+with network access, so an offline cluster can use a copy of those caches. ``convert`` turns a
+checkpoint (FIMA, MoCo, torchvision, safetensors, ``python -m train``) into a folder that
+``create_model('local-dir:DIR')`` loads.
+"""
+import argparse
+import json
+from typing import Any, Dict, List
+
+from fima_models.convert import convert_checkpoint
+from fima_models.pretrained import PretrainedWeightsUnavailable, download_pretrained, hub_cache_dir, torch_checkpoint_dir
+
+__all__ = ['register', 'run_download', 'run_convert']
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """Fetch every name's weights into the local caches; exit 1 if any failed."""
+    failed: List[str] = []
+    for name in args.names:
+        try:
+            paths = download_pretrained(name)
+        except (PretrainedWeightsUnavailable, ValueError) as err:
+            print(f'{name}: FAILED\n{err}\n')
+            failed.append(name)
+            continue
+        for path in paths:
+            print(f'{name}: {path}')
+    print(f'Caches: HF_HUB_CACHE={hub_cache_dir()}  torch hub={torch_checkpoint_dir()}')
+    if failed:
+        print(f'{len(failed)} of {len(args.names)} failed: {", ".join(failed)}')
+        return 1
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert one checkpoint and print what was kept and dropped."""
+    extra: Dict[str, Any] = {}
+    for key in ('method', 'dataset'):
+        if getattr(args, key):
+            extra[key] = getattr(args, key)
+    result = convert_checkpoint(
+        args.src, args.model, args.out, keep_head=args.keep_head, tag=args.tag,
+        pretrained_cfg=extra or None, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps({
+            'out_dir': str(result.out_dir), 'architecture': result.architecture, 'tag': result.tag,
+            'format': result.format, 'num_classes': result.num_classes, 'in_chans': result.in_chans,
+            'kept': result.kept, 'dropped': result.dropped,
+        }, indent=2))
+    else:
+        print(result.summary())
+        print(f"Load it with fima_models.create_model('local-dir:{result.out_dir}').")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``download`` and ``convert`` sub-commands."""
+    p = subparsers.add_parser(
+        'download', help='pre-fetch pretrained weights into the local caches (for offline machines)',
+        description='Download weights of pretrained names (arch.tag, alias, architecture default, or '
+                    'hf-hub:ORG/NAME) into HF_HUB_CACHE / the torch hub cache. Copy those caches to an '
+                    'offline machine, or share them via HF_HUB_CACHE / TORCH_HOME.')
+    p.add_argument('names', nargs='+', metavar='NAME', help='e.g. r2plus1d_18.tv_k400 r2plus1d_fima hf-hub:ORG/NAME')
+    p.set_defaults(func=run_download)
+
+    p = subparsers.add_parser(
+        'convert', help='convert a checkpoint into a folder loadable with local-dir:DIR',
+        description='Convert a FIMA / MoCo / torchvision / safetensors / python -m train checkpoint into '
+                    'DIR/{model.safetensors,config.json,README.md}. Only the backbone is kept unless '
+                    '--keep-head; the weights must load strictly into --model.')
+    p.add_argument('src', metavar='SRC', help='checkpoint file')
+    p.add_argument('--model', required=True, help='architecture (or arch.tag / alias), e.g. r2plus1d_18')
+    p.add_argument('--out', required=True, metavar='DIR', help='output folder (created; must be empty)')
+    p.add_argument('--keep-head', action='store_true', help="keep the checkpoint's classifier")
+    p.add_argument('--tag', default=None, help='pretrained tag to record, e.g. fima_ucf101')
+    p.add_argument('--method', default=None, help='pretraining method to record (fima, moco, supervised)')
+    p.add_argument('--dataset', default=None, help='pretraining data set to record, e.g. ucf101')
+    p.add_argument('--overwrite', action='store_true', help='replace a non-empty output folder')
+    p.add_argument('--json', action='store_true', help='print the result as JSON')
+    p.set_defaults(func=run_convert)
