@@ -184,8 +184,9 @@ def render_motion_clip(
         size: frame side (square frames, even for H.264).
 
     Returns:
-        ``(frames, centres)``: uint8 ``[T, size, size, 3]`` and float ``[num_objects, T, 2]``
-        object centres (x, y) in pixels, for checks and visualisation.
+        ``(frames, tracks)``: uint8 ``[T, size, size, 3]`` and float ``[num_objects, T, 3]``
+        object tracks ``(x, y, scale)`` (centre in pixels, scale relative to the
+        object's base size), for checks and visualisation.
     """
     spec = MOTION_CLASSES[motion] if isinstance(motion, str) else motion
     t = np.arange(num_frames, dtype=np.float32)
@@ -204,9 +205,9 @@ def render_motion_clip(
         u = (xs - cx[:, None, None]) / r  # [T, 1, W]
         v = (ys - cy[:, None, None]) / r  # [T, H, 1]
         mask = _shape_mask(int(rng.integers(0, 4)), u, v, 1.5 / r)[None]
-        tex = _texture(rng, u * 0.5, v * 0.5)
+        tex = _texture(rng, u * (2 * radius / size), v * (2 * radius / size))  # moves and zooms with the object
         frames = frames + mask * (tex - frames)
-        centres.append(np.stack([cx, cy], axis=1))
+        centres.append(np.stack([cx, cy, scale], axis=1))
     frames += rng.standard_normal((1,) + frames.shape[1:], dtype=np.float32) * np.float32(rng.uniform(0.0, 0.03))
     np.clip(frames, 0.0, 1.0, out=frames)
     frames = (frames * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)

@@ -1,0 +1,107 @@
+"""Tests of the synthetic motion data generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fima_models.data import build_dataset
+from fima_models.data.synthetic import MOTION_CLASSES, render_motion_clip, write_motion_dataset
+from fima_models.video import VideoReader
+
+
+def _render(name: str, seed: int, frames: int = 16, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    return render_motion_clip(name, np.random.default_rng(seed), frames, size)
+
+
+def test_render_is_deterministic_and_appearance_random() -> None:
+    a, ca = _render("MoveLeft", 0)
+    b, cb = _render("MoveLeft", 0)
+    c, _ = _render("MoveLeft", 1)
+    assert a.shape == (16, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and np.array_equal(ca, cb)
+    assert np.abs(a.astype(int) - c.astype(int)).mean() > 10  # same motion, different look
+
+
+def test_at_least_ten_distinct_motions() -> None:
+    assert len(MOTION_CLASSES) >= 10
+    assert len(set(MOTION_CLASSES.values())) == len(MOTION_CLASSES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_trajectories_follow_the_class_motion(seed: int) -> None:
+    def disp(name: str) -> np.ndarray:
+        _, tracks = _render(name, seed, frames=24, size=64)
+        return (tracks[:, -1, :2] - tracks[:, 0, :2]).mean(0)
+
+    assert disp("MoveLeft")[0] < -10 and abs(disp("MoveLeft")[1]) < 1e-3
+    assert disp("MoveRight")[0] > 10
+    assert disp("MoveUp")[1] < -10 and disp("MoveDown")[1] > 10
+    dr = disp("MoveDownRight")
+    assert dr[0] > 5 and dr[1] > 5
+    assert disp("MoveRightFast")[0] > 1.5 * 0.35 * 64 * 0.9
+    assert np.allclose(disp("Static"), 0) and np.allclose(disp("ZoomIn"), 0)
+    for name, sign in [("CircleClockwise", 1), ("CircleCounterClockwise", -1)]:
+        _, tracks = _render(name, seed, frames=24, size=64)
+        p = tracks[0, :, :2] - tracks[0, :, :2].mean(0)
+        turn = np.sum(p[:-1, 0] * p[1:, 1] - p[:-1, 1] * p[1:, 0])  # y points down: >0 is clockwise on screen
+        assert np.sign(turn) == sign
+    _, shake = _render("ShakeHorizontal", seed, frames=24, size=64)
+    assert np.ptp(shake[0, :, 0]) > 10 and np.ptp(shake[0, :, 1]) == 0
+
+
+def test_zoom_changes_object_scale() -> None:
+    for seed in range(3):
+        _, zin = _render("ZoomIn", seed)
+        _, zout = _render("ZoomOut", seed)
+        assert (np.diff(zin[..., 2], axis=1) > 0).all() and zin[0, -1, 2] / zin[0, 0, 2] > 1.9
+        assert (np.diff(zout[..., 2], axis=1) < 0).all()
+        _, moving = _render("MoveLeft", seed)
+        assert (moving[..., 2] == 1).all()
+
+
+def test_write_motion_dataset_ucf101_layout(tmp_path: Path) -> None:
+    classes = ["MoveLeft", "MoveRight", "Static"]
+    root = write_motion_dataset(tmp_path / "m", classes=classes, videos_per_class=4, num_frames=8, size=32,
+                                seed=5, test_fraction=0.25, progress=False)
+    train = build_dataset("ucf101", root, split=1, train=True, progress=False)
+    test = build_dataset("ucf101", root, split=1, train=False, progress=False)
+    assert train.classes == classes and len(train) == 9 and len(test) == 3
+    assert not {p for p, _ in train.samples} & {p for p, _ in test.samples}
+    test2 = build_dataset("ucf101", root, split=2, train=False, progress=False)
+    assert {p for p, _ in test2.samples} != {p for p, _ in test.samples}
+    path, label = train.samples[0]
+    reader = VideoReader(path)
+    assert reader.num_frames == 8 and (reader.height, reader.width) == (32, 32)
+    # the encoded video is the rendered clip up to compression error (luma; 4:2:0 chroma is coarser)
+    rendered, _ = render_motion_clip(classes[label], _rng_for(5, classes[label], path), 8, 32)
+    luma = np.array([0.299, 0.587, 0.114])
+    decoded = reader.get_clip(0, 8).numpy().astype(np.float64)
+    assert np.abs(decoded @ luma - rendered @ luma).mean() < 6
+
+    mtime = path.stat().st_mtime_ns
+    assert write_motion_dataset(tmp_path / "m", classes=classes, videos_per_class=4, num_frames=8, size=32,
+                                seed=5, test_fraction=0.25, progress=False) == root
+    assert path.stat().st_mtime_ns == mtime  # same parameters: reused, not rewritten
+
+    again = write_motion_dataset(tmp_path / "m2", classes=classes, videos_per_class=4, num_frames=8, size=32,
+                                 seed=5, test_fraction=0.25, workers=2, progress=False)
+    other = again / path.relative_to(root)
+    assert torch.equal(VideoReader(other).get_clip(0, 8), reader.get_clip(0, 8))  # workers don't change data
+
+
+def _rng_for(seed: int, name: str, path: Path) -> np.random.Generator:
+    from fima_models.data.synthetic import _clip_rng
+
+    index = int(path.stem.split("_g")[1][:2]) - 1
+    return _clip_rng(seed, name, index)
+
+
+def test_write_motion_dataset_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown motion classes"):
+        write_motion_dataset(tmp_path, classes=["Teleport"], progress=False)
+    with pytest.raises(ValueError, match="even"):
+        write_motion_dataset(tmp_path, size=33, progress=False)
