@@ -38,6 +38,9 @@ CARD_NAME = 'README.md'
 #: Pretrained-config fields that locate weights; meaningless inside an exported folder.
 _SOURCE_FIELDS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
 _SSL_METHODS = ('fima', 'moco')
+#: Fields that describe particular weights (not the architecture); not inherited by an unregistered tag.
+_WEIGHT_FIELDS = ('tag', 'description', 'metrics', 'method', 'dataset', 'license', 'paper_name', 'paper_ids',
+                  'origin_url', 'notes', 'num_params', 'published', 'label_names', 'label_descriptions')
 
 
 class OutputExistsError(FileExistsError, RuntimeError):
@@ -140,13 +143,14 @@ def build_config(model: torch.nn.Module, overrides: Optional[Mapping[str, Any]] 
 
 
 def render_model_card(config: Mapping[str, Any], result: Optional['ConversionResult'] = None,
-                      sections: Optional[Mapping[str, str]] = None) -> str:
+                      sections: Optional[Mapping[str, str]] = None, repo_id: Optional[str] = None) -> str:
     """Markdown model card for an exported folder (Hugging Face front matter + usage).
 
     Args:
         config: The folder's ``config.json`` content.
         result: The conversion, to record the source format and dropped parts.
         sections: Extra ``{heading: markdown}`` sections (e.g. pretraining recipe, evaluation).
+        repo_id: Hub repo the folder is published as, for the usage snippet.
 
     Returns:
         The card text.
@@ -176,7 +180,7 @@ def render_model_card(config: Mapping[str, Any], result: Optional['ConversionRes
                      f'{len(result.dropped)} training-only or classifier keys dropped')
     lines += [
         '', '## Usage', '', '```python', 'import fima_models', '',
-        "model = fima_models.create_model('hf-hub:ORG/NAME')  # or 'local-dir:PATH' for this folder",
+        f"model = fima_models.create_model('hf-hub:{repo_id or 'ORG/NAME'}')  # or 'local-dir:PATH' for a copy",
         'features = model.forward_features(clips)  # clips: (N, 3, T, H, W)', '```', '',
     ]
     for heading, body in (sections or {}).items():
@@ -248,7 +252,8 @@ def convert_checkpoint(
         keep_head: bool = False,
         tag: Optional[str] = None,
         pretrained_cfg: Optional[Mapping[str, Any]] = None,
-        card_sections: Optional[Mapping[str, str]] = None,
+        card_sections: Union[Mapping[str, str], Callable[['ConversionResult'], Mapping[str, str]], None] = None,
+        repo_id: Optional[str] = None,
         staging_hook: Optional[Callable[[Path], None]] = None,
         overwrite: bool = False,
 ) -> ConversionResult:
@@ -263,7 +268,9 @@ def convert_checkpoint(
             only the backbone is written (``num_classes=0``).
         tag: Pretrained tag to record, overriding the one in ``model_name``.
         pretrained_cfg: Extra pretrained-config fields to record (``method``, ``dataset``, ``metrics`` ...).
-        card_sections: Extra model-card sections ``{heading: markdown}``.
+        card_sections: Extra model-card sections ``{heading: markdown}``, or a function of the
+            :class:`ConversionResult` returning them (e.g. to render the checkpoint's training config).
+        repo_id: Hub repo id the folder will be published as (used in the card's usage snippet).
         staging_hook: Called with the staging folder after the files are written and before it is
             moved into place; may add files (e.g. a checksum manifest).
         overwrite: Replace an existing non-empty ``out_dir``.
@@ -289,6 +296,7 @@ def convert_checkpoint(
     with torch.device('meta'):  # configuration only: allocates nothing
         probe = create_model(registered, num_classes=0)
     cfg = dict(probe.pretrained_cfg)
+    inherited = dict(cfg) if registered != arch else {k: v for k, v in cfg.items() if k not in _WEIGHT_FIELDS}
     filter_fn = _filter_fn(arch)
     sd = filter_fn(dict(extracted.state_dict), probe) if filter_fn else dict(extracted.state_dict)
 
@@ -324,6 +332,7 @@ def convert_checkpoint(
     if tag:
         overrides['tag'] = tag
     overrides.update(pretrained_cfg or {})
+    model.pretrained_cfg = inherited
     config = build_config(model, overrides, model_args)
     result = ConversionResult(
         out_dir=out_dir, architecture=arch, tag=tag, format=extracted.format, num_classes=num_classes,
@@ -335,7 +344,8 @@ def convert_checkpoint(
         tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(tensors, str(staged / SAFE_WEIGHTS_NAME), metadata={'format': 'pt'})
         (staged / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
-        (staged / CARD_NAME).write_text(render_model_card(config, result, card_sections))
+        sections = card_sections(result) if callable(card_sections) else card_sections
+        (staged / CARD_NAME).write_text(render_model_card(config, result, sections, repo_id=repo_id))
         if staging_hook is not None:
             staging_hook(staged)
         os.chmod(staged, 0o755)
