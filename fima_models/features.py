@@ -52,7 +52,7 @@ __all__ = [
     'extract_features', 'prepare_inference', 'resolve_device', 'resolve_amp', 'cpu_has_native_bf16',
     'resolve_pooling', 'pool_maps', 'clip_starts', 'clip_frame_indices', 'read_clip', 'build_transform',
     'load_model', 'model_name_of', 'save_features', 'load_features', 'read_sidecar', 'sidecar_path',
-    'atomic_write_bytes', 'extraction_config', 'FORMATS',
+    'atomic_write_bytes', 'extraction_config', 'FORMATS', 'prepare_clips', 'transform_in_workers',
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -251,6 +251,29 @@ def build_transform(
             f'the model has no pretrained config giving {", ".join(missing)}; pass '
             f'{", ".join(f"{m}=..." for m in missing)} to extract_features (or --size on the command line)')
     return EvalTransform(size=int(size), crop_pct=float(crop_pct), mean=tuple(mean), std=tuple(std))
+
+
+def prepare_clips(
+        clips: Union[torch.Tensor, Sequence[torch.Tensor]], transform: EvalTransform, device: torch.device,
+) -> torch.Tensor:
+    """Normalised float clips ``(N, 3, T, S, S)`` on ``device``.
+
+    Args:
+        clips: uint8 ``[N, T, H, W, 3]`` frames, a list of uint8 ``[T, H, W, 3]`` clips of possibly
+            different sizes, or float clips that are already transformed (only moved).
+        transform: the evaluation transform, run on ``device`` (on a GPU this takes the resize and
+            normalisation off the CPU).
+        device: where the model runs.
+    """
+    if isinstance(clips, torch.Tensor):
+        clips = clips.to(device, non_blocking=True)
+        return clips if clips.is_floating_point() else transform(clips)
+    return torch.stack([transform(clip.to(device, non_blocking=True)) for clip in clips])
+
+
+def transform_in_workers(device: torch.device) -> bool:
+    """Whether decoding workers should also run the transform (CPU) or leave it to the device (GPU)."""
+    return device.type == 'cpu'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,7 +666,7 @@ def extract_features(
         bar = tqdm(total=len(starts), unit='clip', desc=Path(str(reader.path)).name, dynamic_ncols=True)
     try:
         for frames, batch_starts, batch_ends in _iter_clip_batches(reader, clip_len, stride, step, batch_size):
-            maps = runner(transform(frames))
+            maps = runner(prepare_clips(frames, transform, runner.device))
             accumulator.add(pool_maps(maps, spatial, temporal), batch_starts, batch_ends)
             if bar is not None:
                 bar.update(len(batch_starts))

@@ -142,7 +142,8 @@ def test_same_features_twice(video_dir: Path, tmp_path: Path) -> None:
     rc = run_cli([str(video_dir / 'sub'), '--out', str(tmp_path / 'a'), *BASE, '--workers', '2', '--batch-size', '3',
                   '--overwrite'])
     assert rc == 0 and summary_of(tmp_path / 'a')['counts']['ok'] == 2
-    assert {p.relative_to(tmp_path / 'a'): p.read_bytes() for p in sorted((tmp_path / 'a').rglob('*.npy'))} == outputs[0]
+    again = {p.relative_to(tmp_path / 'a'): p.read_bytes() for p in sorted((tmp_path / 'a').rglob('*.npy'))}
+    assert again == outputs[0]
 
 
 def test_cli_matches_the_python_api(video_dir: Path, model_dir: Path, tmp_path: Path) -> None:
@@ -244,3 +245,25 @@ def test_model_errors_fail_the_videos_with_the_reason(video_dir: Path, tmp_path:
     assert summary['counts'] == {'ok': 0, 'failed': 2, 'skipped': 0}
     assert all(v['reason'].startswith('the model failed on a batch') for v in summary['videos'])
     assert not list(out.rglob('*.npy'))
+
+
+def test_workers_can_leave_the_transform_to_the_device(video_dir: Path, tmp_path: Path) -> None:
+    """GPU extraction ships raw uint8 clips; the device transforms them as the workers would."""
+    other = write_video(tmp_path / 'wide.mp4', make_frames(8, 32, 64, seed=5), fps=FPS)
+    model = fima_models.create_model('test_r3d', num_classes=0)
+    transform = F.build_transform(model)
+    mid, broken = video_dir / 'sub' / 'deeper' / 'mid.mp4', video_dir / 'broken.mp4'
+    jobs = [(0, str(mid)), (1, str(other)), (2, str(broken))]
+    raw = list(cli_extract.ClipBatchDataset(jobs, None, clip_len=8, stride=8, step=1, batch_size=3))
+    cooked = list(cli_extract.ClipBatchDataset(jobs, transform, clip_len=8, stride=8, step=1, batch_size=3))
+    assert [b.videos.tolist() for b in raw] == [b.videos.tolist() for b in cooked] == [[0, 0, 1], []]
+    assert isinstance(raw[0].clips, list) and raw[0].clips[0].dtype == torch.uint8  # two frame sizes
+    assert [(e['video'], e['status']) for b in raw for e in b.events] == [(0, 'done'), (1, 'done'), (2, 'failed')]
+    prepared = F.prepare_clips(raw[0].clips, transform, torch.device('cpu'))
+    torch.testing.assert_close(prepared, cooked[0].clips)
+    assert F.prepare_clips(cooked[0].clips, transform, torch.device('cpu')) is cooked[0].clips
+
+    same_size = list(cli_extract.ClipBatchDataset(jobs[:1], None, clip_len=8, stride=8, step=1, batch_size=3))
+    assert same_size[0].clips.shape == (2, 8, 32, 32, 3)  # one size: stacked
+    torch.testing.assert_close(F.prepare_clips(same_size[0].clips, transform, torch.device('cpu')),
+                               cooked[0].clips[:2])

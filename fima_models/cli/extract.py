@@ -29,15 +29,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fima_models.features import (
     FORMATS, LEVELS, POOLINGS, FeatureAccumulator, atomic_write_bytes, build_transform, clip_starts,
-    extraction_config, load_model, pool_maps, prepare_inference, read_clip, read_sidecar, resolve_amp,
-    resolve_device, resolve_pooling, save_features,
+    extraction_config, load_model, pool_maps, prepare_clips, prepare_inference, read_clip, read_sidecar,
+    resolve_amp, resolve_device, resolve_pooling, save_features, transform_in_workers,
 )
 from fima_models.transforms import EvalTransform
 from fima_models.video import VideoReader
@@ -157,18 +157,25 @@ def collect_inputs(inputs: Sequence[str]) -> Tuple[List[VideoJob], List[Dict[str
 class ClipBatch:
     """Clips of one or more videos plus the video events (finished / failed) that follow them.
 
-    ``events`` apply after the clips of the same batch: ``{'video': i, 'status': 'done',
-    'num_frames', 'fps', 'num_clips', 'padded'}`` or ``{'video': i, 'status': 'failed', 'reason'}``.
+    ``clips`` are transformed float ``(B, 3, T, S, S)`` when the workers run the transform (CPU
+    extraction), else raw uint8 frames for the device to transform: ``(B, T, H, W, 3)`` when all
+    clips have one size, a list of ``(T, H, W, 3)`` otherwise (see
+    :func:`fima_models.features.prepare_clips`). ``events`` apply after the clips of the same
+    batch: ``{'video': i, 'status': 'done', 'num_frames', 'fps', 'num_clips', 'padded'}`` or
+    ``{'video': i, 'status': 'failed', 'reason'}``.
     """
-    clips: torch.Tensor  # float (B, 3, T, S, S)
+    clips: Union[torch.Tensor, List[torch.Tensor]]
     videos: torch.Tensor  # int64 (B,) job index of each clip
     starts: torch.Tensor  # int64 (B,)
     ends: torch.Tensor  # int64 (B,)
     events: List[Dict[str, Any]] = field(default_factory=list)
 
     def pin_memory(self) -> ClipBatch:
-        """Pin the clip tensor (DataLoader calls this with ``pin_memory=True``)."""
-        self.clips = self.clips.pin_memory()
+        """Pin the clip tensors (DataLoader calls this with ``pin_memory=True``)."""
+        if isinstance(self.clips, torch.Tensor):
+            self.clips = self.clips.pin_memory()
+        else:
+            self.clips = [clip.pin_memory() for clip in self.clips]
         return self
 
 
@@ -200,8 +207,9 @@ class _BatchBuilder:
 
     def flush(self) -> ClipBatch:
         meta = torch.tensor(self.meta, dtype=torch.int64).reshape(-1, 3)
+        same_size = len({tuple(clip.shape) for clip in self.clips}) <= 1
         batch = ClipBatch(
-            clips=torch.stack(self.clips) if self.clips else torch.empty(0),
+            clips=(torch.stack(self.clips) if self.clips else torch.empty(0)) if same_size else self.clips,
             videos=meta[:, 0], starts=meta[:, 1], ends=meta[:, 2], events=self.events,
         )
         self.clips, self.meta, self.events = [], [], []
@@ -209,15 +217,16 @@ class _BatchBuilder:
 
 
 class ClipBatchDataset(IterableDataset):
-    """Decodes and transforms the clips of a list of videos, sharded across DataLoader workers.
+    """Decodes (and transforms) the clips of a list of videos, sharded across DataLoader workers.
 
     Worker ``w`` of ``n`` takes videos ``w, w + n, ...``; each video is read by exactly one worker,
-    in clip order, and a failure drops the video's pending clips and reports it as an event.
+    in clip order, and a failure drops the video's pending clips and reports it as an event. With
+    ``transform=None`` the clips stay uint8 for the device to transform.
     """
 
     def __init__(
-            self, jobs: Sequence[Tuple[int, str]], transform: EvalTransform, clip_len: int, stride: int,
-            step: int, batch_size: int, fps: Optional[float] = None, decoder_threads: int = 0,
+            self, jobs: Sequence[Tuple[int, str]], transform: Optional[EvalTransform], clip_len: int,
+            stride: int, step: int, batch_size: int, fps: Optional[float] = None, decoder_threads: int = 0,
     ) -> None:
         super().__init__()
         self.jobs = list(jobs)
@@ -238,7 +247,7 @@ class ClipBatchDataset(IterableDataset):
                 count = 0
                 for start in clip_starts(reader.num_frames, self.clip_len, self.stride, self.step):
                     frames, end = read_clip(reader, start, self.clip_len, self.step)
-                    builder.add(index, start, end, self.transform(frames))
+                    builder.add(index, start, end, frames if self.transform is None else self.transform(frames))
                     count += 1
                     if builder.full:
                         yield builder.flush()
@@ -447,7 +456,8 @@ def _extract(
     by_index = {job.index: job for job in pending}
     workers = min(args.workers, len(pending))
     dataset = ClipBatchDataset(
-        [(job.index, str(job.path)) for job in pending], transform, args.clip_len, args.stride, args.step,
+        [(job.index, str(job.path)) for job in pending],
+        transform if transform_in_workers(runner.device) else None, args.clip_len, args.stride, args.step,
         args.batch_size, fps=args.fps, decoder_threads=1 if workers else 0,
     )
     loader = DataLoader(
@@ -470,7 +480,7 @@ def _extract(
     try:
         for batch in loader:
             if batch.videos.numel():
-                _run_batch(batch, runner, spatial, temporal, args.level, accumulators, broken)
+                _run_batch(batch, runner, transform, spatial, temporal, args.level, accumulators, broken)
                 state.clips += int(batch.videos.numel())
             for event in batch.events:
                 index = event['video']
@@ -500,13 +510,13 @@ def _extract(
 
 
 def _run_batch(
-        batch: ClipBatch, runner: Any, spatial: str, temporal: str, level: str,
+        batch: ClipBatch, runner: Any, transform: EvalTransform, spatial: str, temporal: str, level: str,
         accumulators: Dict[int, FeatureAccumulator], broken: Dict[int, str],
 ) -> None:
     """Run the model on one batch and hand each video's rows to its accumulator."""
     videos = batch.videos.tolist()
     try:
-        pooled = pool_maps(runner(batch.clips), spatial, temporal).cpu()
+        pooled = pool_maps(runner(prepare_clips(batch.clips, transform, runner.device)), spatial, temporal).cpu()
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail these videos, keep going
         for index in set(videos):
             broken.setdefault(index, f'the model failed on a batch: {_reason(exc)}')
