@@ -154,3 +154,14 @@ def test_cli_download(tmp_path, monkeypatch, source, capsys):
     assert cli_main(['download', 'hf-hub:org/x', 'hf-hub:org/absent', 'r3d_18.fima_ucf101']) == 1
     out = capsys.readouterr().out
     assert '2 of 3 failed' in out and 'not published yet' in out and 'fima-models download' in out
+
+
+@pytest.mark.parametrize('arch', [a for a in fima_models.list_models('test_*', include_test=True) if a != ARCH])
+def test_every_architecture_round_trips(tmp_path, arch):
+    model = make_backbone(arch)
+    x = torch.randn(1, *model.pretrained_cfg['input_size'])
+    ckpt = write_checkpoint(tmp_path / 'checkpoint_0001.pth.tar', 'fima', model.state_dict())
+    convert_checkpoint(ckpt, arch, tmp_path / 'out')
+    loaded = fima_models.create_model(f'local-dir:{tmp_path / "out"}').eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_features(x), model.forward_features(x))
