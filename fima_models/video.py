@@ -33,11 +33,12 @@ is at or before that time).
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import av
 import av.error
@@ -510,7 +511,7 @@ def _reason(exc: BaseException) -> str:
 
 def write_video(
     path: str | Path,
-    frames: np.ndarray,
+    frames: np.ndarray | Iterable[np.ndarray],
     fps: int | float | Fraction = 25,
     codec: str = "libx264",
     gop: int | None = None,
@@ -525,7 +526,8 @@ def write_video(
 
     Args:
         path: output file; the suffix picks the container (.mp4, .avi, .webm, .mkv).
-        frames: uint8 ``[T, H, W, 3]`` RGB frames (H and W even for yuv420p).
+        frames: uint8 ``[T, H, W, 3]`` RGB frames (H and W even for yuv420p), or an
+            iterable of ``[H, W, 3]`` frames (streams long videos without holding them).
         fps: nominal frame rate.
         codec: encoder name, e.g. ``libx264``, ``mpeg4``, ``libvpx-vp9``.
         gop: keyframe interval in frames (None: encoder default).
@@ -542,12 +544,15 @@ def write_video(
         The written path.
 
     Raises:
-        ValueError: ``frames`` is not uint8-compatible ``[T, H, W, 3]``.
+        ValueError: the frames are not RGB ``[H, W, 3]`` images or there are none.
     """
     path = Path(path)
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise ValueError(f"write_video expects RGB frames [T, H, W, 3], got shape {frames.shape}")
+    iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None or np.ndim(first) != 3 or np.shape(first)[-1] != 3:
+        shape = None if first is None else np.shape(first)
+        raise ValueError(f"write_video expects RGB frames [T, H, W, 3] (frame shape {shape})")
+    stream_frames = itertools.chain([first], iterator)
     rate = Fraction(fps).limit_denominator(1001)
     opts: dict[str, str] = {}
     if codec == "libx264":
@@ -561,7 +566,8 @@ def write_video(
     opts.update(options or {})
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        _encode(tmp, frames, rate, codec, gop, bframes, pts, time_base, pix_fmt, opts, container_options)
+        _encode(tmp, stream_frames, np.shape(first), rate, codec, gop, bframes, pts, time_base, pix_fmt, opts,
+                container_options)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -571,7 +577,8 @@ def write_video(
 
 def _encode(
     path: Path,
-    frames: np.ndarray,
+    frames: Iterable[np.ndarray],
+    shape: tuple[int, ...],
     rate: Fraction,
     codec: str,
     gop: int | None,
@@ -586,8 +593,7 @@ def _encode(
     fmt = {".mp4": "mp4", ".avi": "avi", ".webm": "webm", ".mkv": "matroska", ".mov": "mov"}.get(path.suffix.lower())
     with av.open(str(path), mode="w", format=fmt, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=rate, options=opts)
-        stream.width = frames.shape[2]
-        stream.height = frames.shape[1]
+        stream.height, stream.width = int(shape[0]), int(shape[1])
         stream.pix_fmt = pix_fmt
         if gop is not None:
             stream.codec_context.gop_size = gop
@@ -598,7 +604,7 @@ def _encode(
             stream.time_base = tb
             stream.codec_context.time_base = tb
         for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, dtype=np.uint8), format="rgb24")
             if pts is not None:
                 frame.pts = int(pts[i])
                 frame.time_base = tb

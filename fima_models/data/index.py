@@ -59,9 +59,16 @@ class VideoIndex:
     reused: int = 0
     probed: int = 0
 
+    def __post_init__(self) -> None:
+        self._resolved_root = Path(self.root).resolve()
+
     def key(self, path: Path) -> str:
         """Index key of ``path`` (relative to the root when inside it)."""
-        return _key(self.root, path)
+        resolved = Path(path).resolve()
+        try:
+            return resolved.relative_to(self._resolved_root).as_posix()
+        except ValueError:
+            return str(resolved)
 
     def info(self, path: Path) -> dict[str, Any] | None:
         """Metadata of a readable video, or None when broken or unknown."""
@@ -73,13 +80,6 @@ class VideoIndex:
     def is_ok(self, path: Path) -> bool:
         """Whether ``path`` is indexed as a readable video."""
         return self.info(path) is not None
-
-
-def _key(root: Path, path: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(Path(path).resolve())
 
 
 def index_path_for(root: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -164,7 +164,8 @@ def build_index(
     entries = _load(location)
     index = VideoIndex(root=root_path, entries=entries, location=location)
     todo: list[tuple[str, Path, int, int]] = []
-    for p in map(Path, paths):
+    keys = {Path(p): index.key(Path(p)) for p in paths}
+    for p in keys:
         try:
             st = p.stat()
         except FileNotFoundError:
@@ -174,7 +175,7 @@ def build_index(
                 ) from None
             index.missing.append(p)
             continue
-        key = index.key(p)
+        key = keys[p]
         entry = entries.get(key)
         if entry is not None and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
             index.reused += 1
@@ -201,9 +202,10 @@ def build_index(
             entries[key] = {**info, "size": size, "mtime_ns": mtime}
         index.probed = len(todo)
         _save(location, entries)
-    for p in map(Path, paths):
-        entry = entries.get(index.key(p))
-        if entry is not None and "error" in entry and p.exists():
+    missing = set(index.missing)
+    for p, key in keys.items():
+        entry = entries.get(key)
+        if entry is not None and "error" in entry and p not in missing:
             index.broken.append((p, entry["error"]))
     if index.broken:
         if strict:
