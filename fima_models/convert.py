@@ -233,15 +233,38 @@ def _check_train_arch(extracted: ExtractedCheckpoint, arch: str) -> None:
             f"The checkpoint was trained as '{ckpt_arch}', not '{arch}'. Pass --model {ckpt_arch}.")
 
 
+def _lookup(config: Mapping[str, Any], *paths: str) -> Any:
+    """First value found under dotted ``paths`` of a nested config."""
+    for path in paths:
+        node: Any = config
+        for part in path.split('.'):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            return node
+    return None
+
+
 def _train_overrides(extracted: ExtractedCheckpoint) -> Dict[str, Any]:
+    """Pretrained-config facts from a ``python -m train`` checkpoint's method and resolved config."""
     meta = extracted.meta
     config = meta.get('config') or {}
     out: Dict[str, Any] = {}
     if meta.get('method') in _SSL_METHODS:
         out['method'] = meta['method']
-    for key in ('dataset', 'num_frames'):
-        if isinstance(config.get(key), (str, int)):
-            out[key] = config[key]
+    dataset = _lookup(config, 'data.dataset', 'dataset')
+    if isinstance(dataset, str):
+        out['dataset'] = dataset
+    frames = _lookup(config, 'data.num_frames', 'num_frames')
+    clip_len = _lookup(config, 'data.clip_len')
+    if frames is None and isinstance(clip_len, int) and meta.get('method') in _SSL_METHODS:
+        frames = clip_len // 2  # FIMA / MoCo global views take every 2nd frame of a clip
+    elif frames is None:
+        frames = clip_len
+    if isinstance(frames, int):
+        out['num_frames'] = frames
+    size = _lookup(config, 'data.size', 'size')
+    if isinstance(frames, int) and isinstance(size, int):
+        out['input_size'] = (3, frames, size, size)
     return out
 
 

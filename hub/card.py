@@ -13,9 +13,12 @@ from typing import Any, Dict, List, Mapping, Tuple, Union
 
 __all__ = ['load_results', 'metrics_from_results', 'recipe_section', 'evaluation_section']
 
-#: Training-config keys shown first in the recipe table, when present.
-_RECIPE_FIRST = ('method', 'model', 'dataset', 'split', 'num_frames', 'frame_step', 'img_size', 'epochs',
-                 'batch_size', 'lr', 'momentum', 'weight_decay', 'schedule', 'temperature', 'queue_size')
+#: Training-config keys (flattened with dots) shown first in the recipe table, when present.
+_RECIPE_FIRST = ('method', 'model.arch', 'data.dataset', 'data.split', 'data.clip_len', 'data.size', 'train.epochs',
+                 'train.batch_size', 'optim.name', 'optim.lr', 'optim.momentum', 'optim.weight_decay',
+                 'schedule.name', 'fima.temperature', 'fima.queue_size')
+#: Machine-specific settings left out of a published recipe (local paths, worker counts, devices).
+_RECIPE_SKIP = ('data.root', 'data.num_workers', 'device', 'out', 'resume')
 
 
 def _number(value: Any, where: str) -> float:
@@ -97,7 +100,7 @@ def recipe_section(config: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     if not config:
         lines.append('The checkpoint carries no training configuration.')
         return '\n'.join(lines)
-    items = dict(_flatten(config))
+    items = {k: v for k, v in _flatten(config) if k not in _RECIPE_SKIP}
     order = [k for k in _RECIPE_FIRST if k in items] + sorted(k for k in items if k not in _RECIPE_FIRST)
     lines += ['| setting | value |', '|---|---|'] + [f'| {k} | {_cell(items[k])} |' for k in order]
     return '\n'.join(lines)

@@ -81,8 +81,10 @@ def train_checkpoint(backbone: Dict[str, torch.Tensor], method: str = 'fima', mo
     return {
         'format': TRAIN_FORMAT, 'version': 1, 'model_name': model_name, 'method': method, 'epoch': 199,
         'step': 4000, 'model': dict(backbone), 'num_classes': num_classes,
-        'config': {'dataset': 'ucf101', 'num_frames': 16, 'epochs': 200, 'batch_size': 24, 'lr': 0.00375,
-                   'method': method},
+        'config': {'method': method, 'seed': 0, 'device': 'auto', 'model': {'arch': model_name},
+                   'data': {'dataset': 'ucf101', 'root': '/secret/data/ucf101', 'split': 1, 'clip_len': 32,
+                            'size': 32, 'num_workers': 8},
+                   'train': {'epochs': 200, 'batch_size': 24}, 'optim': {'name': 'sgd', 'lr': 0.00375}},
         'state': {'encoder_k': {k: v.clone() for k, v in backbone.items()}, 'queue': torch.randn(8, 4),
                   'optimizer': {'state': {}, 'param_groups': []}},
     }
@@ -134,7 +136,7 @@ def test_fima_drops_training_only_parts(backbone):
 def test_train_checkpoint_meta(backbone):
     extracted = extract_backbone(train_checkpoint(backbone, method='moco'))
     assert extracted.meta['method'] == 'moco' and extracted.meta['model_name'] == ARCH
-    assert extracted.meta['config']['dataset'] == 'ucf101'
+    assert extracted.meta['config']['data']['dataset'] == 'ucf101'
     assert extracted.dropped == []
 
 

@@ -75,6 +75,7 @@ def test_train_checkpoint_records_method(tmp_path, source):
     torch.save(train_checkpoint(model.state_dict(), method='moco'), ckpt)
     cfg = convert_checkpoint(ckpt, ARCH, tmp_path / 'out').config['pretrained_cfg']
     assert cfg['method'] == 'moco' and cfg['dataset'] == 'ucf101' and cfg['num_frames'] == 16
+    assert cfg['input_size'] == [3, 16, 32, 32]
 
 
 def test_torchvision_weights_convert(tmp_path):

@@ -39,7 +39,8 @@ def test_export_folder(exported):
     assert cfg['tag'] == 'fima_ucf101' and cfg['method'] == 'fima' and cfg['published'] is True
     assert cfg['metrics'] == {'ucf101_finetune_top1': 84.2, 'ucf101_linear_top1': 75.3, 'hmdb51_finetune_top1': 57.8}
     card = (folder / 'README.md').read_text()
-    assert '## Pretraining recipe' in card and '| lr | 0.00375 |' in card and 'method: `fima`' in card
+    assert '## Pretraining recipe' in card and '| optim.lr | 0.00375 |' in card and 'method: `fima`' in card
+    assert card.index('| data.dataset | ucf101 |') < card.index('| optim.lr |') and '/secret' not in card
     assert '## Evaluation' in card and '| ucf101_finetune_top1 | 84.2 |' in card
     assert "create_model('hf-hub:org/x')" in card
     assert torch.equal(features(fima_models.create_model(f'local-dir:{folder}')), expected)
