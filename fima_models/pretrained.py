@@ -7,7 +7,8 @@ Where the weights of a pretrained config come from, first match wins:
   (``pretrained_cfg_overlay=dict(file='weights.safetensors')``; ``local-dir:DIR`` sets it too);
 * ``hf_hub_id``: a Hugging Face hub repo (``model.safetensors`` preferred, ``pytorch_model.bin``
   as fall-back), cached under ``HF_HUB_CACHE`` (default ``$HF_HOME/hub``);
-* ``url``: a download cached in the torch hub directory (``$TORCH_HOME/hub/checkpoints``).
+* ``url``: a download cached in the torch hub directory (``$TORCH_HOME/hub/checkpoints``), checked
+  against the SHA-256 prefix in its file name (torch hub's ``name-<hash>.pth`` convention).
 
 Every source is tried from the local cache first. Only then, unless ``HF_HUB_OFFLINE=1``, one
 network attempt is made, after a connection probe bounded by ``FIMA_MODELS_CONNECT_TIMEOUT``
@@ -21,6 +22,7 @@ input-channel adaptation of the first convolution, classifier dropped when the n
 differs (or is 0), and a strict load of everything else.
 """
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -260,13 +262,20 @@ def _fetch_url(url: str, name: str, allow_network: bool = True) -> Path:
                 resp = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError, ValueError) as e:
                 raise _unavailable(name, f'{where} and the server is unreachable within {timeout:g} s ({_short(e)})') from e
+            digest = hashlib.sha256()
             with resp:
                 # the timeout also bounds every read of the body: a stalled transfer fails, it does not hang
                 while True:
                     chunk = resp.read(1 << 20)
                     if not chunk:
                         break
+                    digest.update(chunk)
                     out.write(chunk)
+        # torch hub convention: 'name-<sha256 prefix>.ext' files must match their hash prefix
+        expected = torch.hub.HASH_REGEX.search(target.name)
+        if expected and not digest.hexdigest().startswith(expected.group(1)):
+            raise _unavailable(name, f'the download of {url} is corrupt (SHA-256 {digest.hexdigest()[:16]}..., '
+                                     f'expected prefix {expected.group(1)}); try again')
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError) as e:
         raise _unavailable(name, f'downloading {url} failed ({_short(e)})') from e

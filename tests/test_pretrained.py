@@ -173,20 +173,26 @@ def test_url_source_uses_torch_hub_cache(tmp_path, monkeypatch, source, silent_s
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     served = tmp_path / 'srv'
     served.mkdir()
-    torch.save(model.state_dict(), served / 'test_r3d-0123.pth')
+    torch.save(model.state_dict(), served / 'weights.pth')
+    digest = hashlib.sha256((served / 'weights.pth').read_bytes()).hexdigest()
+    (served / 'weights.pth').rename(served / f'test_r3d-{digest[:8]}.pth')
+    (served / 'corrupt-0000abcd.pth').write_bytes(b'not what the hash says')
     handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     server.RequestHandlerClass.log_message = lambda *a: None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f'http://127.0.0.1:{server.server_port}/test_r3d-0123.pth'
+        url = f'http://127.0.0.1:{server.server_port}/test_r3d-{digest[:8]}.pth'
         loaded = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(url=url))
+        with pytest.raises(PretrainedWeightsUnavailable, match='corrupt'):
+            fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
+                url=f'http://127.0.0.1:{server.server_port}/corrupt-0000abcd.pth'))
     finally:
         server.shutdown()
         server.server_close()
-    cached = tmp_path / 'torch' / 'hub' / 'checkpoints' / 'test_r3d-0123.pth'
-    assert cached.is_file()
+    checkpoints = tmp_path / 'torch' / 'hub' / 'checkpoints'
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f'test_r3d-{digest[:8]}.pth']  # nothing partial
     assert torch.equal(features(loaded), expected)
     # the server is gone: the cached copy is used, even offline
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
