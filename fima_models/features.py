@@ -50,9 +50,10 @@ from fima_models.video import VideoReader
 __all__ = [
     'LEVELS', 'POOLINGS', 'AMP_DTYPES', 'VideoFeatures', 'FeatureRunner', 'FeatureAccumulator',
     'extract_features', 'prepare_inference', 'resolve_device', 'resolve_amp', 'cpu_has_native_bf16',
-    'resolve_pooling', 'pool_maps', 'clip_starts', 'clip_frame_indices', 'read_clip', 'build_transform',
+    'resolve_pooling', 'pool_maps', 'clip_starts', 'clip_frame_indices', 'read_clip', 'read_clips',
+    'iter_clip_chunks', 'build_transform',
     'load_model', 'model_name_of', 'save_features', 'load_features', 'read_sidecar', 'sidecar_path',
-    'atomic_write_bytes', 'extraction_config', 'FORMATS', 'prepare_clips', 'transform_in_workers',
+    'atomic_write_bytes', 'extraction_config', 'FORMATS', 'prepare_clips', 'raw_clip_limit',
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -202,22 +203,59 @@ def clip_frame_indices(start: int, num_frames: int, clip_len: int, step: int = 1
     return [min(i, last) for i in wanted], real[-1] + 1
 
 
-def read_clip(reader: VideoReader, start: int, clip_len: int, step: int = 1) -> Tuple[torch.Tensor, int]:
-    """Decode one clip, padding past the end of the video with its last frame.
+#: Most bytes of decoded frames :func:`iter_clip_chunks` holds at once (besides one clip at least).
+CHUNK_BYTES = 256 * 2**20
+
+
+def read_clips(
+        reader: VideoReader, starts: Sequence[int], clip_len: int, step: int = 1,
+) -> Tuple[torch.Tensor, List[int]]:
+    """Decode several clips in one pass, padding past the end of the video with its last frame.
+
+    The frames of all clips are fetched with one ``get_frames`` call, so the decoder seeks once per
+    run of nearby clips instead of once per clip (a large saving with long keyframe intervals).
 
     Args:
         reader: the open video.
-        start: first frame of the clip.
+        starts: first frame of every clip.
         clip_len: frames per clip.
         step: frames between consecutive clip frames.
 
     Returns:
-        ``(frames, end)``: uint8 ``[clip_len, H, W, 3]`` and one past the last real frame.
+        ``(frames, ends)``: uint8 ``[K, clip_len, H, W, 3]`` and, per clip, one past its last real frame.
     """
-    indices, end = clip_frame_indices(start, reader.num_frames, clip_len, step)
-    if end - start == (clip_len - 1) * step + 1:
-        return reader.get_clip(start, clip_len, step), end
-    return reader.get_frames(indices), end
+    indices: List[int] = []
+    ends: List[int] = []
+    for start in starts:
+        clip_indices, end = clip_frame_indices(start, reader.num_frames, clip_len, step)
+        indices += clip_indices
+        ends.append(end)
+    frames = reader.get_frames(indices)
+    return frames.reshape(len(ends), clip_len, *frames.shape[1:]), ends
+
+
+def read_clip(reader: VideoReader, start: int, clip_len: int, step: int = 1) -> Tuple[torch.Tensor, int]:
+    """Decode one clip (see :func:`read_clips`): uint8 ``[clip_len, H, W, 3]`` and its end frame."""
+    frames, ends = read_clips(reader, [start], clip_len, step)
+    return frames[0], ends[0]
+
+
+def iter_clip_chunks(
+        reader: VideoReader, clip_len: int, stride: int, step: int = 1, max_clips: int = 8,
+        max_bytes: int = CHUNK_BYTES,
+) -> Iterator[Tuple[torch.Tensor, List[int], List[int]]]:
+    """All clips of a video, decoded ``max_clips`` at a time (fewer for large frames).
+
+    Yields:
+        ``(frames, starts, ends)``: uint8 ``[K, clip_len, H, W, 3]`` and the clips' frame ranges.
+    """
+    clip_bytes = clip_len * reader.height * reader.width * 3
+    per_chunk = max(1, min(max_clips, max_bytes // max(clip_bytes, 1)))
+    starts = list(clip_starts(reader.num_frames, clip_len, stride, step))
+    for lo in range(0, len(starts), per_chunk):
+        chunk = starts[lo:lo + per_chunk]
+        frames, ends = read_clips(reader, chunk, clip_len, step)
+        yield frames, chunk, ends
 
 
 def _cfg_value(model: Optional[nn.Module], key: str) -> Any:
@@ -259,8 +297,8 @@ def prepare_clips(
     """Normalised float clips ``(N, 3, T, S, S)`` on ``device``.
 
     Args:
-        clips: uint8 ``[N, T, H, W, 3]`` frames, a list of uint8 ``[T, H, W, 3]`` clips of possibly
-            different sizes, or float clips that are already transformed (only moved).
+        clips: uint8 ``[N, T, H, W, 3]`` frames, float clips ``[N, 3, T, S, S]`` that are already
+            transformed (only moved), or a list of single clips of either kind and any frame size.
         transform: the evaluation transform, run on ``device`` (on a GPU this takes the resize and
             normalisation off the CPU).
         device: where the model runs.
@@ -268,12 +306,18 @@ def prepare_clips(
     if isinstance(clips, torch.Tensor):
         clips = clips.to(device, non_blocking=True)
         return clips if clips.is_floating_point() else transform(clips)
-    return torch.stack([transform(clip.to(device, non_blocking=True)) for clip in clips])
+    return torch.stack([prepare_clips(clip, transform, device) for clip in clips])
 
 
-def transform_in_workers(device: torch.device) -> bool:
-    """Whether decoding workers should also run the transform (CPU) or leave it to the device (GPU)."""
-    return device.type == 'cpu'
+def raw_clip_limit(device: torch.device, clip_len: int, size: int) -> int:
+    """Largest uint8 clip (in bytes) that decoding workers should ship untransformed.
+
+    On a CPU the workers transform every clip (0), in parallel with the model. On a GPU a clip
+    goes raw when its uint8 frames are no larger than the float32 clip the transform makes, so the
+    device does the resize and normalisation and less data crosses process boundaries; larger
+    frames (HD video) are still reduced in the workers.
+    """
+    return 0 if device.type == 'cpu' else 4 * 3 * clip_len * size * size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,25 +607,6 @@ def extraction_config(
     }
 
 
-def _iter_clip_batches(
-        reader: VideoReader, clip_len: int, stride: int, step: int, batch_size: int,
-) -> Iterator[Tuple[torch.Tensor, List[int], List[int]]]:
-    """``(uint8 clips [B, T, H, W, 3], starts, ends)`` for consecutive batches of a video's clips."""
-    clips: List[torch.Tensor] = []
-    starts: List[int] = []
-    ends: List[int] = []
-    for start in clip_starts(reader.num_frames, clip_len, stride, step):
-        frames, end = read_clip(reader, start, clip_len, step)
-        clips.append(frames)
-        starts.append(start)
-        ends.append(end)
-        if len(clips) == batch_size:
-            yield torch.stack(clips), starts, ends
-            clips, starts, ends = [], [], []
-    if clips:
-        yield torch.stack(clips), starts, ends
-
-
 def extract_features(
         model: Union[nn.Module, str],
         video: Union[PathLike, VideoReader],
@@ -665,7 +690,7 @@ def extract_features(
         from tqdm.auto import tqdm
         bar = tqdm(total=len(starts), unit='clip', desc=Path(str(reader.path)).name, dynamic_ncols=True)
     try:
-        for frames, batch_starts, batch_ends in _iter_clip_batches(reader, clip_len, stride, step, batch_size):
+        for frames, batch_starts, batch_ends in iter_clip_chunks(reader, clip_len, stride, step, batch_size):
             maps = runner(prepare_clips(frames, transform, runner.device))
             accumulator.add(pool_maps(maps, spatial, temporal), batch_starts, batch_ends)
             if bar is not None:

@@ -248,22 +248,27 @@ def test_model_errors_fail_the_videos_with_the_reason(video_dir: Path, tmp_path:
 
 
 def test_workers_can_leave_the_transform_to_the_device(video_dir: Path, tmp_path: Path) -> None:
-    """GPU extraction ships raw uint8 clips; the device transforms them as the workers would."""
-    other = write_video(tmp_path / 'wide.mp4', make_frames(8, 32, 64, seed=5), fps=FPS)
+    """GPU extraction ships small raw uint8 clips; the device transforms them as the workers would."""
+    other = write_video(tmp_path / 'wide.mp4', make_frames(8, 32, 160, seed=5), fps=FPS)
     model = fima_models.create_model('test_r3d', num_classes=0)
     transform = F.build_transform(model)
     mid, broken = video_dir / 'sub' / 'deeper' / 'mid.mp4', video_dir / 'broken.mp4'
     jobs = [(0, str(mid)), (1, str(other)), (2, str(broken))]
-    raw = list(cli_extract.ClipBatchDataset(jobs, None, clip_len=8, stride=8, step=1, batch_size=3))
-    cooked = list(cli_extract.ClipBatchDataset(jobs, transform, clip_len=8, stride=8, step=1, batch_size=3))
+    kw = dict(clip_len=8, stride=8, step=1, batch_size=3)
+    cooked = list(cli_extract.ClipBatchDataset(jobs, transform, **kw))  # CPU: the workers transform all
+    assert F.raw_clip_limit(torch.device('cpu'), 8, 32) == 0
+    limit = F.raw_clip_limit(torch.device('cuda'), 8, 32)  # float32 size of a transformed clip
+    assert 8 * 32 * 32 * 3 <= limit < 8 * 32 * 160 * 3
+    raw = list(cli_extract.ClipBatchDataset(jobs, transform, raw_max_bytes=limit, **kw))
     assert [b.videos.tolist() for b in raw] == [b.videos.tolist() for b in cooked] == [[0, 0, 1], []]
-    assert isinstance(raw[0].clips, list) and raw[0].clips[0].dtype == torch.uint8  # two frame sizes
+    assert isinstance(cooked[0].clips, torch.Tensor) and cooked[0].clips.dtype == torch.float32
+    assert isinstance(raw[0].clips, list)  # raw 32x32 clips; the 32x160 clip is transformed in the worker
+    assert [c.dtype for c in raw[0].clips] == [torch.uint8, torch.uint8, torch.float32]
     assert [(e['video'], e['status']) for b in raw for e in b.events] == [(0, 'done'), (1, 'done'), (2, 'failed')]
-    prepared = F.prepare_clips(raw[0].clips, transform, torch.device('cpu'))
-    torch.testing.assert_close(prepared, cooked[0].clips)
+    torch.testing.assert_close(F.prepare_clips(raw[0].clips, transform, torch.device('cpu')), cooked[0].clips)
     assert F.prepare_clips(cooked[0].clips, transform, torch.device('cpu')) is cooked[0].clips
 
-    same_size = list(cli_extract.ClipBatchDataset(jobs[:1], None, clip_len=8, stride=8, step=1, batch_size=3))
-    assert same_size[0].clips.shape == (2, 8, 32, 32, 3)  # one size: stacked
+    same_size = list(cli_extract.ClipBatchDataset(jobs[:1], transform, raw_max_bytes=limit, **kw))
+    assert same_size[0].clips.shape == (2, 8, 32, 32, 3)  # one shape and type: stacked
     torch.testing.assert_close(F.prepare_clips(same_size[0].clips, transform, torch.device('cpu')),
                                cooked[0].clips[:2])

@@ -277,3 +277,17 @@ def test_pool_maps_rejects_non_video_maps() -> None:
         F.pool_maps(torch.zeros(2, 3, 4, 4))
     assert F.pool_maps(torch.zeros(2, 3, 4, 5, 6), 'keep', 'keep').shape == (2, 3, 4, 5, 6)
     assert np.allclose(F.pool_maps(torch.arange(8.).reshape(1, 1, 2, 2, 2), 'max', 'avg').numpy(), [[5.0]])
+
+
+def test_clips_are_decoded_in_bounded_chunks(videos: dict) -> None:
+    reader = VideoReader(videos['long'])
+    chunks = list(F.iter_clip_chunks(reader, clip_len=8, stride=8, max_clips=3))
+    assert [c[1] for c in chunks] == [[0, 8, 16], [24, 32]]
+    assert [c[2] for c in chunks] == [[8, 16, 24], [32, 40]]
+    assert chunks[1][0].shape == (2, 8, 32, 48, 3) and chunks[1][0].dtype == torch.uint8
+    assert torch.equal(chunks[1][0][0], reader.get_clip(24, 8))
+    one_clip = 8 * 32 * 48 * 3
+    small = list(F.iter_clip_chunks(reader, clip_len=8, stride=8, max_clips=3, max_bytes=2 * one_clip - 1))
+    assert [len(c[1]) for c in small] == [1] * 5  # the memory bound wins over max_clips
+    frames, end = F.read_clip(VideoReader(videos['short']), 0, 8)
+    assert end == 5 and torch.equal(frames[5:], frames[4:5].expand(3, -1, -1, -1))

@@ -35,9 +35,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fima_models.features import (
-    FORMATS, LEVELS, POOLINGS, FeatureAccumulator, atomic_write_bytes, build_transform, clip_starts,
-    extraction_config, load_model, pool_maps, prepare_clips, prepare_inference, read_clip, read_sidecar,
-    resolve_amp, resolve_device, resolve_pooling, save_features, transform_in_workers,
+    FORMATS, LEVELS, POOLINGS, FeatureAccumulator, atomic_write_bytes, build_transform,
+    extraction_config, iter_clip_chunks, load_model, pool_maps, prepare_clips, prepare_inference,
+    raw_clip_limit, read_sidecar, resolve_amp, resolve_device, resolve_pooling, save_features,
 )
 from fima_models.transforms import EvalTransform
 from fima_models.video import VideoReader
@@ -157,12 +157,12 @@ def collect_inputs(inputs: Sequence[str]) -> Tuple[List[VideoJob], List[Dict[str
 class ClipBatch:
     """Clips of one or more videos plus the video events (finished / failed) that follow them.
 
-    ``clips`` are transformed float ``(B, 3, T, S, S)`` when the workers run the transform (CPU
-    extraction), else raw uint8 frames for the device to transform: ``(B, T, H, W, 3)`` when all
-    clips have one size, a list of ``(T, H, W, 3)`` otherwise (see
-    :func:`fima_models.features.prepare_clips`). ``events`` apply after the clips of the same
-    batch: ``{'video': i, 'status': 'done', 'num_frames', 'fps', 'num_clips', 'padded'}`` or
-    ``{'video': i, 'status': 'failed', 'reason'}``.
+    ``clips`` is one tensor when all clips have one shape and type: transformed float
+    ``(B, 3, T, S, S)`` (the workers ran the transform, as on a CPU) or raw uint8
+    ``(B, T, H, W, 3)`` for the device to transform; otherwise a list of such clips (see
+    :func:`fima_models.features.prepare_clips` and :func:`~fima_models.features.raw_clip_limit`).
+    ``events`` apply after the clips of the same batch: ``{'video': i, 'status': 'done',
+    'num_frames', 'fps', 'num_clips', 'padded'}`` or ``{'video': i, 'status': 'failed', 'reason'}``.
     """
     clips: Union[torch.Tensor, List[torch.Tensor]]
     videos: torch.Tensor  # int64 (B,) job index of each clip
@@ -207,9 +207,12 @@ class _BatchBuilder:
 
     def flush(self) -> ClipBatch:
         meta = torch.tensor(self.meta, dtype=torch.int64).reshape(-1, 3)
-        same_size = len({tuple(clip.shape) for clip in self.clips}) <= 1
+        if len({(tuple(clip.shape), clip.dtype) for clip in self.clips}) <= 1:
+            clips: Union[torch.Tensor, List[torch.Tensor]] = torch.stack(self.clips) if self.clips else torch.empty(0)
+        else:  # copies, so that no clip drags its whole decoded chunk along
+            clips = [clip.clone() for clip in self.clips]
         batch = ClipBatch(
-            clips=(torch.stack(self.clips) if self.clips else torch.empty(0)) if same_size else self.clips,
+            clips=clips,
             videos=meta[:, 0], starts=meta[:, 1], ends=meta[:, 2], events=self.events,
         )
         self.clips, self.meta, self.events = [], [], []
@@ -220,13 +223,15 @@ class ClipBatchDataset(IterableDataset):
     """Decodes (and transforms) the clips of a list of videos, sharded across DataLoader workers.
 
     Worker ``w`` of ``n`` takes videos ``w, w + n, ...``; each video is read by exactly one worker,
-    in clip order, and a failure drops the video's pending clips and reports it as an event. With
-    ``transform=None`` the clips stay uint8 for the device to transform.
+    in clip order (up to ``batch_size`` clips per decoding pass), and a failure drops the video's
+    pending clips and reports it as an event. Clips of at most ``raw_max_bytes`` uint8 bytes stay
+    raw for the device to transform; the others are transformed in the worker.
     """
 
     def __init__(
-            self, jobs: Sequence[Tuple[int, str]], transform: Optional[EvalTransform], clip_len: int,
-            stride: int, step: int, batch_size: int, fps: Optional[float] = None, decoder_threads: int = 0,
+            self, jobs: Sequence[Tuple[int, str]], transform: EvalTransform, clip_len: int, stride: int,
+            step: int, batch_size: int, fps: Optional[float] = None, decoder_threads: int = 0,
+            raw_max_bytes: int = 0,
     ) -> None:
         super().__init__()
         self.jobs = list(jobs)
@@ -235,6 +240,7 @@ class ClipBatchDataset(IterableDataset):
         self.batch_size = batch_size
         self.fps = fps
         self.decoder_threads = decoder_threads
+        self.raw_max_bytes = raw_max_bytes
 
     def __iter__(self) -> Iterator[ClipBatch]:
         info = get_worker_info()
@@ -245,12 +251,14 @@ class ClipBatchDataset(IterableDataset):
             try:
                 reader = VideoReader(path, fps=self.fps, threads=self.decoder_threads)
                 count = 0
-                for start in clip_starts(reader.num_frames, self.clip_len, self.stride, self.step):
-                    frames, end = read_clip(reader, start, self.clip_len, self.step)
-                    builder.add(index, start, end, frames if self.transform is None else self.transform(frames))
-                    count += 1
-                    if builder.full:
-                        yield builder.flush()
+                chunks = iter_clip_chunks(reader, self.clip_len, self.stride, self.step, max_clips=self.batch_size)
+                for frames, starts, ends in chunks:
+                    for clip, start, end in zip(frames, starts, ends):
+                        raw = clip.numel() <= self.raw_max_bytes
+                        builder.add(index, start, end, clip if raw else self.transform(clip))
+                        count += 1
+                        if builder.full:
+                            yield builder.flush()
                 builder.events.append({
                     'video': index, 'status': 'done', 'num_frames': reader.num_frames, 'fps': reader.fps,
                     'num_clips': count,
@@ -456,9 +464,9 @@ def _extract(
     by_index = {job.index: job for job in pending}
     workers = min(args.workers, len(pending))
     dataset = ClipBatchDataset(
-        [(job.index, str(job.path)) for job in pending],
-        transform if transform_in_workers(runner.device) else None, args.clip_len, args.stride, args.step,
+        [(job.index, str(job.path)) for job in pending], transform, args.clip_len, args.stride, args.step,
         args.batch_size, fps=args.fps, decoder_threads=1 if workers else 0,
+        raw_max_bytes=raw_clip_limit(runner.device, args.clip_len, transform.size),
     )
     loader = DataLoader(
         dataset, batch_size=None, num_workers=workers, pin_memory=runner.device.type == 'cuda',
