@@ -158,7 +158,8 @@ def _unavailable(name: str, reason: str, arch: Optional[str] = None) -> Pretrain
         f"then create_model('local-dir:DIR');\n"
         f"  - pass a weight file: create_model('{arch}', pretrained=True, "
         f"pretrained_cfg_overlay=dict(file='weights.safetensors'));\n"
-        f'  - train them: `python -m train pretrain --model {arch} ...` (see docs/weights.md).')
+        f'  - train them: `python -m train pretrain --config train/configs/pretrain/<recipe>.yaml --out RUN '
+        f'model.arch={arch}`, then convert a checkpoint of RUN as above (see docs/weights.md).')
 
 
 # ----------------------------------------------------------------------------- fetching
