@@ -153,6 +153,8 @@ class VideoBackbone(nn.Module):
     """
     #: Smallest ``(T, H, W)`` the architecture can take; subclasses override.
     min_input_size: Tuple[int, int, int] = (1, 1, 1)
+    #: Stage modules are ``nn.Sequential`` lists of blocks (fine parameter groups per block).
+    stages_are_block_lists: bool = False
 
     def __init__(self, model_name: str, num_classes: int, in_chans: int, drop_rate: float):
         super().__init__()
@@ -244,7 +246,8 @@ class VideoBackbone(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         """Parameter groups for layer-wise learning-rate decay: the stem, then one group per stage
-        (``coarse=True``) or per top-level module of each stage."""
+        (``coarse=True``) or per block (``coarse=False``: each module of a stage, or each child of
+        a stage module when ``stages_are_block_lists``, like ResNet's ``layerN``)."""
         def pattern(names: Sequence[str]) -> str:
             return r'^(?:' + '|'.join(re.escape(n) for n in names) + r')\.'
 
@@ -252,7 +255,13 @@ class VideoBackbone(nn.Module):
         if coarse:
             blocks = [(pattern(names), (i,)) for i, names in enumerate(rest)]
         else:
-            flat = [name for names in rest for name in names]
+            flat = []
+            for name in (name for names in rest for name in names):
+                module = self.get_submodule(name)
+                if self.stages_are_block_lists and isinstance(module, nn.Sequential):
+                    flat.extend(f'{name}.{child}' for child, _ in module.named_children())
+                else:
+                    flat.append(name)
             blocks = [(pattern([name]), (i,)) for i, name in enumerate(flat)]
         return dict(stem=pattern(stem), blocks=blocks)
 

@@ -15,9 +15,10 @@ before, exactly as TensorFlow does; every layer's output size is then ``ceil(n /
 FIMA trains on (16x224, every strided layer sees a size divisible by its stride) this equals the
 reference code's static ``max(k - s, 0)``. For other sizes (odd maps, e.g. 7x7 before the last pool
 at 112 input) TensorFlow's rule keeps the output size ``ceil(n / s)`` and the window alignment of
-the original model. Max-pools pad with zeros and use ceil mode, as in the reference; their inputs
-are post-ReLU (non-negative), so zero padding never changes a maximum. Padding costs at most one
-``F.pad`` per layer and none for stride-1 convs, whose symmetric padding the conv does itself.
+the original model. Max-pools pad with zeros and use ceil mode, as in the reference. Padding is
+cheap: stride-1 convs pad symmetrically inside the conv; every pool input is post-ReLU
+(non-negative), where a zero pad never wins a maximum, so pools use PyTorch's own padding and ceil
+mode instead of a copy (:class:`MaxPool3dSame`); only the strided stem conv pays one ``F.pad``.
 
 Feature levels: ``conv3d_1a_7x7`` (stride 2), ``conv3d_2c_3x3`` (4), ``mixed_3c`` (8),
 ``mixed_4f`` (16), ``mixed_5c`` (32). A 16x224x224 clip gives a 1024x2x7x7 map.
@@ -104,13 +105,38 @@ class Unit3d(_SamePad):
 class MaxPool3dSame(_SamePad):
     """3-D max-pool with "SAME" zero padding and ceil mode.
 
+    With ``nonnegative_input=True`` (the caller guarantees inputs >= 0, e.g. post-ReLU maps) the
+    explicit zero padding is skipped whenever it can be: a window always covers at least one input
+    element, so a zero pad never wins a maximum, and PyTorch's own padding (``-inf``, symmetric) plus
+    ceil mode produce the same windows when the "after" pad equals the "before" pad, or exceeds it by
+    one with a stride >= 2. This saves a full copy of the input per pool; the result is identical.
+
     Args:
         kernel_size: Kernel size.
         stride: Stride.
+        nonnegative_input: Inputs are never negative, allowing the copy-free path.
     """
 
+    def __init__(
+            self,
+            kernel_size: Union[int, Sequence[int]],
+            stride: Union[int, Sequence[int]],
+            nonnegative_input: bool = False,
+    ):
+        super().__init__(kernel_size, stride)
+        self.nonnegative_input = nonnegative_input
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool3d(self.pad(x), self.kernel_size, self.stride, ceil_mode=True)
+        pad = same_pad_arg(x.shape[-3:], self.kernel_size, self.stride)
+        if self.nonnegative_input:
+            # pad is (w_before, w_after, h_before, h_after, t_before, t_after)
+            befores = (pad[4], pad[2], pad[0])
+            afters = (pad[5], pad[3], pad[1])
+            if all(a == b or (a == b + 1 and s >= 2) for b, a, s in zip(befores, afters, self.stride)):
+                return F.max_pool3d(x, self.kernel_size, self.stride, padding=befores, ceil_mode=True)
+        if any(pad):
+            x = F.pad(x, pad)
+        return F.max_pool3d(x, self.kernel_size, self.stride, ceil_mode=True)
 
 
 class MixedBlock(nn.Module):
@@ -128,7 +154,7 @@ class MixedBlock(nn.Module):
         self.branch_0 = Unit3d(in_chs, b0, 1)
         self.branch_1 = nn.Sequential(Unit3d(in_chs, b1a, 1), Unit3d(b1a, b1b, 3))
         self.branch_2 = nn.Sequential(Unit3d(in_chs, b2a, 1), Unit3d(b2a, b2b, 3))
-        self.branch_3 = nn.Sequential(MaxPool3dSame(3, 1), Unit3d(in_chs, b3, 1))
+        self.branch_3 = nn.Sequential(MaxPool3dSame(3, 1, nonnegative_input=True), Unit3d(in_chs, b3, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch_0(x), self.branch_1(x), self.branch_2(x), self.branch_3(x)], dim=1)
@@ -158,7 +184,7 @@ class I3D(VideoBackbone):
         super().__init__(model_name, num_classes, in_chans, drop_rate)
         w1, w2, w3 = stem_widths
         self.conv3d_1a_7x7 = Unit3d(in_chans, w1, 7, stride=2)
-        self.maxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
+        self.maxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2), nonnegative_input=True)
         self.conv3d_2b_1x1 = Unit3d(w1, w2, 1)
         self.conv3d_2c_3x3 = Unit3d(w2, w3, 3)
         self.feature_info = [
@@ -174,7 +200,7 @@ class I3D(VideoBackbone):
         in_chs, reduction, t_reduction = w3, 4, 2
         widths = iter(mixed_widths)
         for (pool_name, kernel, stride), blocks in zip(pools, INCEPTION_STAGES):
-            self.add_module(pool_name, MaxPool3dSame(kernel, stride))
+            self.add_module(pool_name, MaxPool3dSame(kernel, stride, nonnegative_input=True))
             names = [pool_name]
             for block in blocks:
                 block_widths = next(widths)

@@ -138,6 +138,7 @@ class VideoResNet(VideoBackbone):
         drop_rate: Dropout before ``fc``.
         model_name: Name used in error messages.
     """
+    stages_are_block_lists = True
 
     def __init__(
             self,
