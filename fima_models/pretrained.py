@@ -147,7 +147,7 @@ def _tag_name(cfg: Mapping[str, Any]) -> str:
 
 
 def _unavailable(name: str, reason: str, arch: Optional[str] = None) -> PretrainedWeightsUnavailable:
-    arch = arch or name.split('.', 1)[0]
+    arch = arch or ('ARCH' if name.startswith(('hf-hub:', 'local-dir:')) else name.split('.', 1)[0])
     return PretrainedWeightsUnavailable(
         f"Pretrained weights for '{name}' are not available: {reason}.\n"
         f'Ways to get them:\n'
