@@ -253,51 +253,29 @@ def adjust_saturation(x: torch.Tensor, factor: Factor) -> torch.Tensor:
     return _back(_blend(x5, rgb_to_grayscale(x5, 3), _per_clip(factor, x5)), was4d)
 
 
-def _rgb_to_hsv(x5: torch.Tensor) -> torch.Tensor:
-    r, g, b = x5.unbind(1)
-    maxc, _ = x5.max(dim=1)
-    minc, _ = x5.min(dim=1)
-    delta = maxc - minc
-    has_chroma = delta > 0
-    safe = torch.where(has_chroma, delta, torch.ones_like(delta))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(has_chroma, torch.remainder(h / 6.0, 1.0), torch.zeros_like(h))
-    return torch.stack([h, s, maxc], dim=1)
-
-
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    h, s, v = hsv.unbind(1)
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = torch.remainder(i, 6).long()
-    p = v * (1.0 - s)
-    q = v * (1.0 - s * f)
-    t = v * (1.0 - s * (1.0 - f))
-    table = torch.stack(
-        [
-            torch.stack([v, q, p, p, t, v], dim=0),
-            torch.stack([t, v, v, q, p, p], dim=0),
-            torch.stack([p, p, t, v, v, q], dim=0),
-        ],
-        dim=0,
-    )  # [3 (rgb), 6 (sector), N, T, H, W]
-    idx = i.unsqueeze(0).unsqueeze(0).expand(3, 1, *i.shape)
-    return table.gather(1, idx).squeeze(1).movedim(0, 1)
-
-
 def adjust_hue(x: torch.Tensor, factor: Factor) -> torch.Tensor:
-    """Rotate hue by ``factor`` turns (``|factor| <= 0.5``)."""
+    """Rotate hue by ``factor`` turns (``|factor| <= 0.5``), keeping saturation and value.
+
+    Uses the closed-form HSV -> RGB map ``c = V - C * clamp(min(k, 4 - k), 0, 1)`` with
+    ``k = (n + 6 H) mod 6`` (n = 5, 3, 1 for R, G, B; ``C = V * S`` is the chroma), which
+    needs only the hue angle, maximum and chroma of each pixel.
+    """
     x5, was4d = _to5d(x)
     shift = _per_clip(factor, x5).reshape(-1, 1, 1, 1)
     if shift.abs().max() > 0.5:
         raise ValueError("hue factor must lie in [-0.5, 0.5]")
-    hsv = _rgb_to_hsv(x5)
-    hue = torch.remainder(hsv[:, 0] + shift, 1.0)
-    out = _hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
-    return _back(out.clamp_(0.0, 1.0), was4d)
+    r, g, b = x5.unbind(1)
+    maxc = x5.amax(dim=1)
+    minc = x5.amin(dim=1)
+    chroma = maxc - minc
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    h6 = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    h6 = torch.remainder(h6 + 6.0 * shift, 6.0)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6.0)
+        channels.append(maxc - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return _back(torch.stack(channels, dim=1).clamp_(0.0, 1.0), was4d)
 
 
 def _gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
