@@ -161,7 +161,8 @@ class RunLogger:
         if not self.enabled:
             return
         rows = read_csv(self.csv_path)[: int(state["rows"])]
-        self.columns = list(state.get("columns") or (list(rows[0].keys()) if rows else []))
+        # the file's header may be wider than at checkpoint time (columns added later); keep it
+        self.columns = list(rows[0].keys()) if rows else list(state.get("columns") or [])
         self.rows = len(rows)
         if self.columns:
             self._rewrite(rows)
