@@ -143,7 +143,11 @@ class VideoReader:
         self._frame_pts: list[int] = []
         self._key_pts: list[int] = []
         self._sequential = False
-        self._scan()
+        try:
+            self._scan()
+        except BaseException:
+            self._rewind()
+            raise
 
     # ------------------------------------------------------------------ opening
     def _open(self) -> av.container.InputContainer:

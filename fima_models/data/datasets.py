@@ -82,8 +82,8 @@ class VideoDataset(Dataset):
             ``(seed, e, i)``, so clips and augmentations are reproducible whatever the
             number of workers; if None, torch's global RNG is used (DataLoader seeds
             it per worker).
-        on_error: ``"skip"`` (log and return another video; default) or ``"raise"``
-            when a video fails to decode at sampling time.
+        on_error: ``"skip"`` (log and return the next video; default) or ``"raise"``
+            when a video is missing or fails to decode at sampling time.
         index: the :class:`~fima_models.data.index.VideoIndex` the samples came from.
         name: data set name for messages.
     """
@@ -160,7 +160,7 @@ class VideoDataset(Dataset):
             j = (i + attempt) % len(self)
             try:
                 return self.load(j, self.generator_for(j))
-            except VideoDecodeError as exc:
+            except (VideoDecodeError, FileNotFoundError) as exc:
                 self.num_errors += 1
                 if self.on_error == "raise":
                     raise
