@@ -28,15 +28,18 @@ from safetensors.torch import save_file
 from fima_models.checkpoint import (
     TRAIN_FORMAT, CheckpointError, ExtractedCheckpoint, load_backbone_state_dict, summarize_keys,
 )
-from fima_models.pretrained import CONFIG_NAME, SAFE_WEIGHTS_NAME, load_state_dict_strict
+from fima_models.pretrained import (
+    _SOURCE_FIELDS, CONFIG_NAME, SAFE_WEIGHTS_NAME, _as_list, _under, load_state_dict_strict,
+)
 
-__all__ = ['ConversionResult', 'OutputExistsError', 'convert_checkpoint', 'render_model_card', 'build_config', 'replace_directory']
+__all__ = [
+    'ConversionResult', 'OutputExistsError', 'convert_checkpoint', 'render_model_card', 'build_config',
+    'replace_directory',
+]
 
 _logger = logging.getLogger(__name__)
 
 CARD_NAME = 'README.md'
-#: Pretrained-config fields that locate weights; meaningless inside an exported folder.
-_SOURCE_FIELDS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
 _SSL_METHODS = ('fima', 'moco')
 #: Fields that describe particular weights (not the architecture); not inherited by an unregistered tag.
 _WEIGHT_FIELDS = ('tag', 'description', 'metrics', 'method', 'dataset', 'license', 'paper_name', 'paper_ids',
@@ -90,16 +93,6 @@ def _filter_fn(arch: str) -> Optional[Callable]:
     from timm.models import model_entrypoint
     module = sys.modules.get(model_entrypoint(arch).__module__)
     return getattr(module, 'checkpoint_filter_fn', None)
-
-
-def _as_list(value: Any) -> List[str]:
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _under(key: str, names: List[str]) -> bool:
-    return any(key == n or key.startswith(n + '.') for n in names)
 
 
 def _json_safe(value: Any) -> Any:

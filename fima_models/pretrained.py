@@ -262,7 +262,8 @@ def _fetch_url(url: str, name: str, allow_network: bool = True) -> Path:
             try:
                 resp = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError, ValueError) as e:
-                raise _unavailable(name, f'{where} and the server is unreachable within {timeout:g} s ({_short(e)})') from e
+                reason = f'{where} and the server is unreachable within {timeout:g} s ({_short(e)})'
+                raise _unavailable(name, reason) from e
             digest = hashlib.sha256()
             with resp:
                 # the timeout also bounds every read of the body: a stalled transfer fails, it does not hang
@@ -308,7 +309,8 @@ def fetch_pretrained(pretrained_cfg: Any, allow_network: bool = True) -> Path:
         path = Path(cfg['file']).expanduser()
         if not path.is_file():
             raise CheckpointError(
-                f"Weight file for '{name}' not found: {path}. Check the path given as pretrained_cfg_overlay=dict(file=...).")
+                f"Weight file for '{name}' not found: {path}. "
+                'Check the path given as pretrained_cfg_overlay=dict(file=...).')
         return path
     hf_hub_id, url = cfg.get('hf_hub_id'), cfg.get('url')
     if not hf_hub_id and not url:
@@ -510,7 +512,8 @@ def _read_config(path: Path, name: str) -> Dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f'{path} is not a readable JSON model config ({e}). Re-create it with `fima-models convert`.') from e
+        raise CheckpointError(
+            f'{path} is not a readable JSON model config ({e}). Re-create it with `fima-models convert`.') from e
     if not isinstance(config, dict) or not config.get('architecture'):
         raise CheckpointError(
             f"{path} has no 'architecture' field, so '{name}' cannot be built. "

@@ -90,7 +90,8 @@ def validate_export(folder: Union[str, Path]) -> List[Tuple[str, int]]:
         if not path.is_file():
             raise ExportValidationError(f'{name} is listed in {MANIFEST_NAME} but missing from {folder}.')
         if sha256_file(path) != digest:
-            raise ExportValidationError(f'{name} changed since export (SHA-256 mismatch); re-run `python -m hub export`.')
+            raise ExportValidationError(
+                f'{name} changed since export (SHA-256 mismatch); re-run `python -m hub export`.')
     config = json.loads((folder / CONFIG_NAME).read_text())
     if not config.get('pretrained_cfg', {}).get('tag'):
         raise ExportValidationError(f'{folder / CONFIG_NAME} has no pretrained tag; export with --tag.')

@@ -47,7 +47,8 @@ def fima_checkpoint(backbone: Dict[str, torch.Tensor]) -> dict:
     sd.update({
         'module.encoder_q.fc.0.weight': torch.randn(16, 32), 'module.encoder_q.id_head.weight': torch.randn(4, 32),
         'module.projector_q.0.weight': torch.randn(16, 32, 1, 1, 1), 'module.queue': torch.randn(8, 64),
-        'module.queue_ptr': torch.zeros(1, dtype=torch.long), 'module.decoder.layers.0.linear1.weight': torch.randn(8, 8),
+        'module.queue_ptr': torch.zeros(1, dtype=torch.long),
+        'module.decoder.layers.0.linear1.weight': torch.randn(8, 8),
         'module.motion_queue': torch.randn(8, 64),
     })
     return {'epoch': 200, 'arch': 'r3d', 'state_dict': sd,

@@ -111,7 +111,8 @@ def test_export_errors(tmp_path, capsys):
     with pytest.raises(CheckpointError, match='trained as'):
         export_checkpoint(ckpt, 'test_r2plus1d', 'fima_x', tmp_path / 'out')
     assert not (tmp_path / 'out').exists()
-    assert hub_main(['export', str(tmp_path / 'missing.pth'), '--model', ARCH, '--tag', 't', '--out', str(tmp_path / 'o')]) == 1
+    args = ['export', str(tmp_path / 'missing.pth'), '--model', ARCH, '--tag', 't', '--out', str(tmp_path / 'o')]
+    assert hub_main(args) == 1
     assert 'not found' in capsys.readouterr().err
     assert metrics_from_results([{'dataset': 'ucf101', 'task': 'linear', 'metric': 'top1', 'value': 75}]) == \
         {'ucf101_linear_top1': 75.0}

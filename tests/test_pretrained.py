@@ -31,7 +31,8 @@ from tests.test_checkpoint import ARCH, clip, make_backbone, write_checkpoint
 TEST_TAG = f'{ARCH}.fima_test'
 
 
-def populate_hf_cache(cache: Path, repo_id: str, files: Dict[str, Union[bytes, Path]], commit: str = 'c0ffee' * 6 + 'c0de') -> Path:
+def populate_hf_cache(cache: Path, repo_id: str, files: Dict[str, Union[bytes, Path]],
+                      commit: str = 'c0ffee' * 6 + 'c0de') -> Path:
     """Lay out ``files`` as huggingface_hub would after downloading them from ``repo_id`` (revision main)."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / 'snapshots' / commit
@@ -125,8 +126,8 @@ def test_registered_tag_from_offline_cache_falls_back_to_bin(tmp_path, hf_cache,
 
 def _assert_helpful(err: BaseException, name: str) -> None:
     text = str(err)
-    for needle in (f"'{name}'", f'fima-models download {name}', 'fima-models convert', 'pretrained_cfg_overlay=dict(file=',
-                   'python -m train pretrain'):
+    for needle in (f"'{name}'", f'fima-models download {name}', 'fima-models convert',
+                   'pretrained_cfg_overlay=dict(file=', 'python -m train pretrain'):
         assert needle in text, needle
 
 
@@ -217,7 +218,8 @@ def test_in_chans_and_classifier_adaptation(tmp_path, caplog):
     same = fima_models.create_model(ARCH, pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
     assert torch.equal(same.fc.weight, source.fc.weight)
     with caplog.at_level(logging.INFO, logger='fima_models.pretrained'):
-        other = fima_models.create_model(ARCH, pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay)
+        other = fima_models.create_model(
+            ARCH, pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay)
     assert 'Dropped the checkpoint classifier' in caplog.text
     assert other.fc.weight.shape[0] == 5
     assert torch.allclose(other.stem[0].weight, source.stem[0].weight.sum(1, keepdim=True))

@@ -10,7 +10,9 @@ import json
 from typing import Any, Dict, List
 
 from fima_models.convert import convert_checkpoint
-from fima_models.pretrained import PretrainedWeightsUnavailable, download_pretrained, hub_cache_dir, torch_checkpoint_dir
+from fima_models.pretrained import (
+    PretrainedWeightsUnavailable, download_pretrained, hub_cache_dir, torch_checkpoint_dir,
+)
 
 __all__ = ['register', 'run_download', 'run_convert']
 
