@@ -272,3 +272,20 @@ def test_workers_can_leave_the_transform_to_the_device(video_dir: Path, tmp_path
     assert same_size[0].clips.shape == (2, 8, 32, 32, 3)  # one shape and type: stacked
     torch.testing.assert_close(F.prepare_clips(same_size[0].clips, transform, torch.device('cpu')),
                                cooked[0].clips[:2])
+
+
+def test_clip_queue_makes_exact_batches_and_releases_events_after_their_clips() -> None:
+    queue = cli_extract._ClipQueue(batch_size=4)
+    meta = lambda video, n: torch.tensor([[video, i, i + 1] for i in range(n)])  # noqa: E731
+    queue.put(torch.zeros(3, 2), meta(0, 3))
+    queue.mark({'video': 0, 'status': 'done'})
+    queue.put(torch.ones(3, 2), meta(1, 3))
+    assert queue.size == 6 and queue.due() == []
+    clips, rows = queue.take(4)
+    assert clips.shape == (4, 2) and rows[:, 0].tolist() == [0, 0, 0, 1]
+    assert [e['video'] for e in queue.due()] == [0]  # all of video 0 has been through the model
+    queue.mark({'video': 1, 'status': 'done'})
+    assert queue.due() == [] and queue.size == 2
+    clips, rows = queue.take(queue.size)
+    assert rows[:, 0].tolist() == [1, 1] and torch.equal(clips, torch.ones(2, 2))
+    assert [e['video'] for e in queue.due()] == [1] and queue.size == 0

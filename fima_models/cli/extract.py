@@ -453,6 +453,52 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
     return 1 if any(r['status'] == 'failed' for r in state.records.values()) else 0
 
 
+#: Clips per piece a worker decodes and sends at once; the main process joins pieces into batches.
+PIECE_CLIPS = 8
+
+
+class _ClipQueue:
+    """Joins the workers' pieces into model batches of exactly ``batch_size`` clips.
+
+    Pieces are prepared on the device as they arrive. A video event becomes due once every clip
+    received before it has been through the model.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.clips: List[torch.Tensor] = []
+        self.meta: List[torch.Tensor] = []  # int64 (n, 3): video, start, end
+        self.size = 0
+        self.received = 0
+        self.processed = 0
+        self.events: List[Tuple[int, Dict[str, Any]]] = []
+
+    def put(self, clips: torch.Tensor, meta: torch.Tensor) -> None:
+        self.clips.append(clips)
+        self.meta.append(meta)
+        self.size += len(meta)
+        self.received += len(meta)
+
+    def mark(self, event: Dict[str, Any]) -> None:
+        self.events.append((self.received, event))
+
+    def take(self, count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Remove and return the next ``count`` clips and their metadata."""
+        clips = self.clips[0] if len(self.clips) == 1 else torch.cat(self.clips)
+        meta = self.meta[0] if len(self.meta) == 1 else torch.cat(self.meta)
+        self.clips = [clips[count:]] if len(meta) > count else []
+        self.meta = [meta[count:]] if len(meta) > count else []
+        self.size -= min(count, len(meta))
+        self.processed += min(count, len(meta))
+        return clips[:count], meta[:count]
+
+    def due(self) -> List[Dict[str, Any]]:
+        """Events whose videos have no clip left in the queue."""
+        ready = [event for mark, event in self.events if mark <= self.processed]
+        self.events = [(mark, event) for mark, event in self.events if mark > self.processed]
+        return ready
+
+
 def _extract(
         args: argparse.Namespace, pending: List[VideoJob], runner: Any, transform: EvalTransform,
         spatial: str, temporal: str, config: Dict[str, Any], fingerprint: Dict[str, Any],
@@ -465,15 +511,16 @@ def _extract(
     workers = min(args.workers, len(pending))
     dataset = ClipBatchDataset(
         [(job.index, str(job.path)) for job in pending], transform, args.clip_len, args.stride, args.step,
-        args.batch_size, fps=args.fps, decoder_threads=1 if workers else 0,
+        min(args.batch_size, PIECE_CLIPS), fps=args.fps, decoder_threads=1 if workers else 0,
         raw_max_bytes=raw_clip_limit(runner.device, args.clip_len, transform.size),
     )
     loader = DataLoader(
         dataset, batch_size=None, num_workers=workers, pin_memory=runner.device.type == 'cuda',
-        prefetch_factor=2 if workers else None,
+        prefetch_factor=max(2, -(-args.batch_size // PIECE_CLIPS)) if workers else None,
     )
     accumulators: Dict[int, FeatureAccumulator] = {}
     broken: Dict[int, str] = {}
+    queue = _ClipQueue(args.batch_size)
     bar = tqdm(total=len(pending), unit='video', desc='extract', dynamic_ncols=True,
                disable=True if args.no_progress or rank != 0 else None)
     started = time.perf_counter()
@@ -485,29 +532,49 @@ def _extract(
         rate = state.clips / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix_str(f'{rate:.1f} clips/s', refresh=False)
 
+    def run_queued(count: int) -> None:
+        clips, meta = queue.take(count)
+        _run_batch(clips, meta, runner, spatial, temporal, args.level, accumulators, broken)
+        state.clips += len(meta)
+
+    def handle(event: Dict[str, Any]) -> None:
+        index = event['video']
+        accumulator = accumulators.pop(index, None)
+        if event['status'] == 'failed' or index in broken:
+            finish(index, 'failed', reason=event.get('reason') or broken.pop(index))
+            return
+        job = by_index[index]
+        out_path = _output_path(args.out, job.rel, args.format)
+        try:
+            assert accumulator is not None, 'a finished video without clips'
+            result = accumulator.result(args.model, event['fps'], event['num_frames'], padded=event['padded'],
+                                        config=config)
+            save_features(result, out_path, extra={'input': str(job.path), 'extraction': fingerprint})
+        except Exception as exc:  # noqa: BLE001 - one unwritable output must not stop the rest
+            finish(index, 'failed', reason=f'could not write the features: {_reason(exc)}')
+            return
+        finish(index, 'ok', output=str(out_path.relative_to(args.out)), num_clips=result.num_clips,
+               seconds=result.duration)
+
     try:
-        for batch in loader:
-            if batch.videos.numel():
-                _run_batch(batch, runner, transform, spatial, temporal, args.level, accumulators, broken)
-                state.clips += int(batch.videos.numel())
-            for event in batch.events:
-                index = event['video']
-                accumulator = accumulators.pop(index, None)
-                if event['status'] == 'failed' or index in broken:
-                    finish(index, 'failed', reason=event.get('reason') or broken.pop(index))
-                    continue
-                job = by_index[index]
-                out_path = _output_path(args.out, job.rel, args.format)
+        for piece in loader:
+            if piece.videos.numel():
+                meta = torch.stack([piece.videos, piece.starts, piece.ends], dim=1)
                 try:
-                    assert accumulator is not None, 'a finished video without clips'
-                    result = accumulator.result(args.model, event['fps'], event['num_frames'],
-                                                padded=event['padded'], config=config)
-                    save_features(result, out_path, extra={'input': str(job.path), 'extraction': fingerprint})
-                except Exception as exc:  # noqa: BLE001 - one unwritable output must not stop the rest
-                    finish(index, 'failed', reason=f'could not write the features: {_reason(exc)}')
-                    continue
-                finish(index, 'ok', output=str(out_path.relative_to(args.out)), num_clips=result.num_clips,
-                       seconds=result.duration)
+                    queue.put(prepare_clips(piece.clips, transform, runner.device), meta)
+                except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail these videos, keep going
+                    for index in set(piece.videos.tolist()):
+                        broken.setdefault(index, f'preparing clips on {runner.device} failed: {_reason(exc)}')
+            for event in piece.events:
+                queue.mark(event)
+            while queue.size >= args.batch_size:
+                run_queued(args.batch_size)
+            for event in queue.due():
+                handle(event)
+        if queue.size:
+            run_queued(queue.size)
+        for event in queue.due():
+            handle(event)
     except Exception as exc:  # noqa: BLE001 - a dead worker: report what is left instead of crashing
         _LOGGER.error('decoding stopped: %s', _reason(exc))
         for job in pending:
@@ -518,13 +585,13 @@ def _extract(
 
 
 def _run_batch(
-        batch: ClipBatch, runner: Any, transform: EvalTransform, spatial: str, temporal: str, level: str,
+        clips: torch.Tensor, meta: torch.Tensor, runner: Any, spatial: str, temporal: str, level: str,
         accumulators: Dict[int, FeatureAccumulator], broken: Dict[int, str],
 ) -> None:
-    """Run the model on one batch and hand each video's rows to its accumulator."""
-    videos = batch.videos.tolist()
+    """Run the model on one batch and hand each video's rows (``meta``: video, start, end) to its accumulator."""
+    videos = meta[:, 0].tolist()
     try:
-        pooled = pool_maps(runner(prepare_clips(batch.clips, transform, runner.device)), spatial, temporal).cpu()
+        pooled = pool_maps(runner(clips), spatial, temporal).cpu()
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail these videos, keep going
         for index in set(videos):
             broken.setdefault(index, f'the model failed on a batch: {_reason(exc)}')
@@ -535,7 +602,7 @@ def _run_batch(
             index = videos[lo]
             if index not in broken:
                 accumulators.setdefault(index, FeatureAccumulator(level)).add(
-                    pooled[lo:hi], batch.starts[lo:hi].tolist(), batch.ends[lo:hi].tolist())
+                    pooled[lo:hi], meta[lo:hi, 1].tolist(), meta[lo:hi, 2].tolist())
             lo = hi
 
 
