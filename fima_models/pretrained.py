@@ -88,8 +88,9 @@ def _env_true(name: str) -> bool:
 
 
 def is_offline() -> bool:
-    """Whether network access is disabled (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``, read now)."""
-    return _env_true('HF_HUB_OFFLINE') or _env_true('TRANSFORMERS_OFFLINE')
+    """Whether network access is disabled: ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` now or at import."""
+    from huggingface_hub import constants
+    return _env_true('HF_HUB_OFFLINE') or _env_true('TRANSFORMERS_OFFLINE') or bool(constants.HF_HUB_OFFLINE)
 
 
 def hub_cache_dir() -> Path:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Dict, Union
 
-import huggingface_hub  # noqa: F401  (imported up front so timings exclude the import)
+import huggingface_hub  # imported up front so timings exclude the import
+import huggingface_hub.constants
 import pytest
 import torch
 from timm.models import _registry, get_pretrained_cfg
@@ -58,6 +59,13 @@ def closed_port() -> int:
 def features(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
     with torch.no_grad():
         return model.eval().forward_features(clip(seed))
+
+
+def _go_online(monkeypatch) -> None:
+    """Allow network attempts (to local test servers), even if the suite runs with HF_HUB_OFFLINE=1."""
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    monkeypatch.delenv('TRANSFORMERS_OFFLINE', raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
 
 
 @pytest.fixture
@@ -145,7 +153,7 @@ def test_missing_weights_fail_fast_with_one_clear_error(hf_cache, monkeypatch, t
     monkeypatch.setitem(_registry._model_pretrained_cfgs, TEST_TAG,
                         VideoPretrainedCfg(**{**test_tag.to_dict(), 'published': True}))
     if mode != 'offline':
-        monkeypatch.delenv('HF_HUB_OFFLINE')
+        _go_online(monkeypatch)
         port = closed_port() if mode == 'refused' else silent_server
         monkeypatch.setenv('HF_ENDPOINT', f'http://127.0.0.1:{port}')
         monkeypatch.setenv('FIMA_MODELS_CONNECT_TIMEOUT', '1')
@@ -159,7 +167,7 @@ def test_missing_weights_fail_fast_with_one_clear_error(hf_cache, monkeypatch, t
 
 
 def test_unpublished_tag_fails_without_network(hf_cache, monkeypatch, test_tag, no_network):
-    monkeypatch.delenv('HF_HUB_OFFLINE')
+    _go_online(monkeypatch)
     with pytest.raises(PretrainedWeightsUnavailable, match='not published yet') as info:
         fima_models.create_model(TEST_TAG, pretrained=True)
     _assert_helpful(info.value, TEST_TAG)
@@ -171,7 +179,7 @@ def test_unpublished_tag_fails_without_network(hf_cache, monkeypatch, test_tag, 
 def test_url_source_uses_torch_hub_cache(tmp_path, monkeypatch, source, silent_server):
     model, expected = source
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
-    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    _go_online(monkeypatch)
     served = tmp_path / 'srv'
     served.mkdir()
     torch.save(model.state_dict(), served / 'weights.pth')
@@ -200,7 +208,7 @@ def test_url_source_uses_torch_hub_cache(tmp_path, monkeypatch, source, silent_s
     again = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(url=url))
     assert torch.equal(features(again), expected)
     # an uncached URL on an unreachable or silent server fails fast
-    monkeypatch.delenv('HF_HUB_OFFLINE')
+    _go_online(monkeypatch)
     monkeypatch.setenv('FIMA_MODELS_CONNECT_TIMEOUT', '1')
     for port in (closed_port(), silent_server):
         start = time.monotonic()
