@@ -228,3 +228,14 @@ def test_text_with_video_suffix_in_probe(tmp_path: Path) -> None:
     path.write_text("hello")
     with pytest.raises(VideoDecodeError, match="notes.avi"):
         probe_video(path)
+
+
+def test_write_video_streams_iterables_and_validates(tmp_path: Path) -> None:
+    frames = make_frames(6, 16, 16, seed=9)
+    path = write_video(tmp_path / "gen.mkv", (f for f in frames), fps=10, codec="libx264", gop=3)
+    assert VideoReader(path).num_frames == 6 and not list(tmp_path.glob(".*tmp*"))
+    with pytest.raises(ValueError, match="T, H, W, 3"):
+        write_video(tmp_path / "none.mp4", np.zeros((0, 16, 16, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="T, H, W, 3"):
+        write_video(tmp_path / "gray.mp4", np.zeros((2, 16, 16), dtype=np.uint8))
+    assert not (tmp_path / "none.mp4").exists()
