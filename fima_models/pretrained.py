@@ -563,7 +563,8 @@ def resolve_model_source(name: str) -> Tuple[str, Dict[str, Any], Dict[str, Any]
     """
     if name.startswith('hf-hub:'):
         hf_hub_id = name[len('hf-hub:'):].strip('/')
-        if hf_hub_id.count('/') != 1 or not all(hf_hub_id.split('@')[0].split('/')):
+        repo_id = _split_revision(hf_hub_id)[0]
+        if repo_id.count('/') != 1 or not all(repo_id.split('/')):
             raise ValueError(f"Malformed hub model name '{name}'; expected 'hf-hub:ORG/NAME' (optionally '@revision').")
         config = _read_config(fetch_hub_file(hf_hub_id, [CONFIG_NAME], name=name), name)
         return _source_result(config, {'hf_hub_id': hf_hub_id, 'source': 'hf-hub', 'published': True})
