@@ -36,6 +36,7 @@ import bisect
 import itertools
 import logging
 import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -568,7 +569,9 @@ def write_video(
     if codec == "libvpx-vp9":
         opts.update({"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
     opts.update(options or {})
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
         _encode(tmp, stream_frames, np.shape(first), rate, codec, gop, bframes, pts, time_base, pix_fmt, opts,
                 container_options)
