@@ -394,7 +394,6 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
 
     model = load_model(args.model, pretrained=args.pretrained)
     transform = build_transform(model, size=args.size)
-    runner = prepare_inference(model, device=device, amp=amp, channels_last=args.channels_last, layer=args.layer)
     config = extraction_config(args.clip_len, args.stride, args.step, args.level, spatial, temporal,
                                args.layer, transform, args.fps, amp)
     fingerprint = json.loads(json.dumps({'model': args.model, 'pretrained': bool(args.pretrained),
@@ -421,7 +420,7 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
 
     started = time.perf_counter()
     if pending:
-        _extract(args, pending, runner, transform, spatial, temporal, config, fingerprint, state, rank)
+        _extract(args, pending, model, device, amp, transform, spatial, temporal, config, fingerprint, state, rank)
     elapsed = time.perf_counter() - started
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -500,11 +499,15 @@ class _ClipQueue:
 
 
 def _extract(
-        args: argparse.Namespace, pending: List[VideoJob], runner: Any, transform: EvalTransform,
-        spatial: str, temporal: str, config: Dict[str, Any], fingerprint: Dict[str, Any],
-        state: _RunState, rank: int,
+        args: argparse.Namespace, pending: List[VideoJob], model: torch.nn.Module, device: torch.device,
+        amp: Optional[str], transform: EvalTransform, spatial: str, temporal: str, config: Dict[str, Any],
+        fingerprint: Dict[str, Any], state: _RunState, rank: int,
 ) -> None:
-    """Decode, run and save the pending videos, recording each outcome in ``state``."""
+    """Decode, run and save the pending videos, recording each outcome in ``state``.
+
+    The decoding workers start before the model is moved to the device: they fork from a small
+    process without a CUDA context (fast and safe) and decode while the device initialises.
+    """
     from tqdm.auto import tqdm
 
     by_index = {job.index: job for job in pending}
@@ -512,12 +515,14 @@ def _extract(
     dataset = ClipBatchDataset(
         [(job.index, str(job.path)) for job in pending], transform, args.clip_len, args.stride, args.step,
         min(args.batch_size, PIECE_CLIPS), fps=args.fps, decoder_threads=1 if workers else 0,
-        raw_max_bytes=raw_clip_limit(runner.device, args.clip_len, transform.size),
+        raw_max_bytes=raw_clip_limit(device, args.clip_len, transform.size),
     )
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=workers, pin_memory=runner.device.type == 'cuda',
+        dataset, batch_size=None, num_workers=workers, pin_memory=device.type == 'cuda',
         prefetch_factor=max(2, -(-args.batch_size // PIECE_CLIPS)) if workers else None,
     )
+    pieces = iter(loader)
+    runner = prepare_inference(model, device=device, amp=amp, channels_last=args.channels_last, layer=args.layer)
     accumulators: Dict[int, FeatureAccumulator] = {}
     broken: Dict[int, str] = {}
     queue = _ClipQueue(args.batch_size)
@@ -557,7 +562,7 @@ def _extract(
                seconds=result.duration)
 
     try:
-        for piece in loader:
+        for piece in pieces:
             if piece.videos.numel():
                 meta = torch.stack([piece.videos, piece.starts, piece.ends], dim=1)
                 try:
