@@ -524,6 +524,24 @@ def test_build_video_model_pretrained_calls_loader_before_feature_wrap(monkeypat
     assert model.pretrained_cfg['metrics']['ucf101_finetune'] == 84.2
 
 
+def test_pretrained_file_loads_through_filter_and_input_adaptation(tmp_path):
+    """End to end with the real loader: a reference-style I3D checkpoint (conv head) from a local file."""
+    src = timm.create_model('test_i3d', num_classes=6)
+    sd = {k: v for k, v in src.state_dict().items() if not k.startswith('fc.')}
+    sd['conv3d_0c_1x1.conv3d.weight'] = src.fc.weight[:, :, None, None, None].clone()
+    sd['conv3d_0c_1x1.conv3d.bias'] = src.fc.bias.clone()
+    path = tmp_path / 'i3d.pth'
+    torch.save({'state_dict': sd}, path)
+    model = fima_models.create_model('test_i3d', pretrained=True, num_classes=6,
+                                     pretrained_cfg_overlay=dict(file=str(path)))
+    for (k, a), b in zip(model.state_dict().items(), src.state_dict().values()):
+        assert torch.equal(a, b), k
+    grey = fima_models.create_model('test_i3d', pretrained=True, num_classes=6, in_chans=1,
+                                    pretrained_cfg_overlay=dict(file=str(path)))
+    w = grey.conv3d_1a_7x7.conv3d.weight
+    assert torch.allclose(w, src.conv3d_1a_7x7.conv3d.weight.sum(1, keepdim=True))
+
+
 def test_build_video_model_cfg_resolution():
     model = build_video_model(i3d_mod.I3D, 'test_i3d', stem_widths=(8, 8, 12),
                               mixed_widths=[(4,) * 6] * 9, pretrained_cfg=dict(num_classes=5, input_size=(2, 8, 32, 32)))

@@ -13,9 +13,10 @@ features.
 ``max(k - s, 0)`` in total when ``n % s == 0`` and ``max(k - n % s, 0)`` otherwise, the smaller half
 before, exactly as TensorFlow does; every layer's output size is then ``ceil(n / s)``. For the sizes
 FIMA trains on (16x224, every strided layer sees a size divisible by its stride) this equals the
-reference code's static ``max(k - s, 0)``. For other sizes (odd maps, e.g. 7x7 before the last pool
-at 112 input) TensorFlow's rule keeps the output size ``ceil(n / s)`` and the window alignment of
-the original model. Max-pools pad with zeros and use ceil mode, as in the reference. Padding is
+reference code's static ``max(k - s, 0)`` (so do 16x112 and 32x256). Where a strided layer sees a
+size not divisible by its stride (e.g. 15 frames or 113 pixels), the static rule would shift the
+windows and drop an output of the strided conv; TensorFlow's rule keeps ``ceil(n / s)`` outputs and
+the alignment of the original TensorFlow model. Max-pools pad with zeros and use ceil mode, as in the reference. Padding is
 cheap: stride-1 convs pad symmetrically inside the conv; every pool input is post-ReLU
 (non-negative), where a zero pad never wins a maximum, so pools use PyTorch's own padding and ceil
 mode instead of a copy (:class:`MaxPool3dSame`); only the strided stem conv pays one ``F.pad``.
