@@ -5,10 +5,11 @@
 """
 from fima_models._factory import MODEL_ALIASES, UnknownModelError, create_model, list_models, list_pretrained
 from fima_models.features import VideoFeatures, extract_features
+from fima_models.pretrained import PretrainedWeightsUnavailable
 
 __version__ = '0.1.0'
 
 __all__ = [
     'create_model', 'list_models', 'list_pretrained', 'MODEL_ALIASES', 'UnknownModelError',
-    'extract_features', 'VideoFeatures', '__version__',
+    'extract_features', 'VideoFeatures', 'PretrainedWeightsUnavailable', '__version__',
 ]
