@@ -109,8 +109,12 @@ def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarr
         np.add(np.sin(a) * np.cos(b), np.cos(a) * np.sin(b), out=waves[g])
         if rng.random() < 0.4:
             np.sign(waves[g], out=waves[g])  # stripes / checks: hard edges survive compression
-    out = np.tensordot(colours.T, waves, axes=(1, 0))  # channel-first: [3, T, H, W]
-    out += base[:, None, None, None]
+    out = np.empty((3,) + waves.shape[1:], dtype=np.float32)  # channel-first: [3, T, H, W]
+    for c in range(3):
+        np.multiply(waves[0], colours[0, c], out=out[c])
+        out[c] += base[c]
+        for g in range(1, count):
+            out[c] += colours[g, c] * waves[g]
     return np.clip(out, 0.0, 1.0, out=out)
 
 
