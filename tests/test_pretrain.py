@@ -264,7 +264,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(motion_root: Path,
     assert len(read_csv(tmp_path / "api" / "metrics.csv")) == 1
     # the command line reports it with exit status 3
     (tmp_path / "nan.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["--config", str(tmp_path / "nan.yaml"), "--out", str(tmp_path / "cli")]) == 3
+    # train.stop_after_steps is absent from the YAML: overrides reach every key of the defaults
+    assert main(["--config", str(tmp_path / "nan.yaml"), "--out", str(tmp_path / "cli"), "train.stop_after_steps=3"]) == 3
     assert ckpt.find_latest(tmp_path / "cli").name == "checkpoint_00000001.pt"
 
 

@@ -41,7 +41,7 @@ import fima_models
 from fima_models.data import FimaClipPairSampler, build_dataset
 from fima_models.transforms import FimaViewTransform
 from train.common import checkpoint as ckpt
-from train.common.config import ConfigError, get, load_config, merge, save_config
+from train.common.config import ConfigError, apply_overrides, get, load_yaml, merge, save_config
 from train.common.distributed import (
     DistInfo,
     all_gather_object,
@@ -139,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     setup_console_logging()
     try:
-        cfg = load_config(args.config, args.overrides)
+        # defaults first, so every key of DEFAULTS can be overridden even when the YAML omits it
+        cfg = apply_overrides(merge(DEFAULTS, load_yaml(args.config)), args.overrides)
         final = run_pretrain(cfg, Path(args.out), resume=args.resume)
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
@@ -411,7 +412,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
     step, start_epoch, start_step_in_epoch = 0, 0, 0
     resume_path = _resume_path(resume, out_dir)
     if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path, map_location=device)
+        state = ckpt.load_checkpoint(resume_path, map_location="cpu")
         step, start_epoch, start_step_in_epoch = _restore(
             state, model, optimizer, scheduler, scaler, run_logger, dist_info
         )

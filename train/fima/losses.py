@@ -84,9 +84,10 @@ def info_nce_multi_positive(
     # log(exp(s) + sum_neg exp) ; without negatives the pair loss is exactly 0
     denom = torch.where(no_neg, logits, torch.logaddexp(logits, neg_lse))
     pair_loss = (denom - logits) * pos_mask
-    n_pos = pos_mask.sum(dim=1)
+    n_pos = pos_mask.sum(dim=1).to(logits.dtype)
     valid = n_pos > 0
-    per_query = pair_loss.sum(dim=1)[valid] / n_pos[valid]
+    # masked arithmetic instead of boolean indexing: no host-device synchronisation on GPUs
+    per_query = torch.where(valid, pair_loss.sum(dim=1) / n_pos.clamp_min(1.0), torch.zeros_like(n_pos))
     return per_query.sum(), valid.sum().to(logits.dtype)
 
 

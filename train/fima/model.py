@@ -201,11 +201,13 @@ class FimaPretrainer(nn.Module):
         local = batch["diff_local"]  # (N, clip, segment, 3, T, S, S)
         boxes = batch["boxes"].float()  # (N, 2, 4)
         with torch.no_grad():
-            kmap_diff = self._encode_keys(torch.cat([diff[:, 0], diff[:, 1]], dim=0))
-            dense_keys = F.normalize(self.projector_k.dense(_to_segments(kmap_diff)).float(), dim=1)  # (2N, D, Td, H, W)
-            # local views ordered (clip, segment, sample)
+            # all difference views (2N global, then 4N local ordered (clip, segment, sample)) in one
+            # shuffled key-encoder pass: one BatchNorm population of difference images, fewer launches
             lx = local.permute(1, 2, 0, *range(3, local.dim())).reshape(-1, *local.shape[3:])
-            lkeys = F.normalize(self.projector_k.pooled(self._encode_keys(lx)).float(), dim=1)
+            kmap_all = self._encode_keys(torch.cat([diff[:, 0], diff[:, 1], lx], dim=0))
+            kmap_diff, kmap_local = kmap_all[: 2 * n], kmap_all[2 * n :]
+            dense_keys = F.normalize(self.projector_k.dense(_to_segments(kmap_diff)).float(), dim=1)  # (2N, D, Td, H, W)
+            lkeys = F.normalize(self.projector_k.pooled(kmap_local).float(), dim=1)
             lkeys = lkeys.reshape(2, NUM_SEGMENTS, n, -1).permute(0, 2, 1, 3)  # (clip, N, segment, D)
             fg = foreground_mask(kmap_rgb, kmap_diff)  # (2N, H, W)
 

@@ -45,8 +45,13 @@ def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> No
     target_params = list(target.parameters())
     if len(online_params) != len(target_params):
         raise ValueError("momentum_update: online and target modules have different parameter lists")
-    for o, t in zip(online_params, target_params):
-        t.mul_(momentum).add_(o.detach().to(t.dtype), alpha=1.0 - momentum)
+    if any(o.dtype != t.dtype or o.device != t.device for o, t in zip(online_params, target_params)):
+        for o, t in zip(online_params, target_params):
+            t.mul_(momentum).add_(o.detach().to(t.dtype), alpha=1.0 - momentum)
+        return
+    # one fused multi-tensor kernel per op instead of two kernels per parameter
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, [o.detach() for o in online_params], alpha=1.0 - momentum)
 
 
 class FeatureQueue(nn.Module):
@@ -92,15 +97,15 @@ class FeatureQueue(nn.Module):
         b = keys.shape[0]
         if b == 0:
             return
+        start = self.ptr
         if b > self.size:
-            start = int(self.ptr) + b - self.size
+            start = self.ptr + (b - self.size)
             keys = keys[-self.size :]
             b = self.size
-        else:
-            start = int(self.ptr)
+        # index arithmetic stays on the device: no host-device synchronisation per step
         idx = (start + torch.arange(b, device=self.queue.device)) % self.size
-        self.queue[idx] = keys
-        self.ptr.fill_((start + b) % self.size)
+        self.queue.index_copy_(0, idx, keys)
+        self.ptr.copy_((start + b) % self.size)
 
 
 @torch.no_grad()
