@@ -146,6 +146,13 @@ def test_finetune_ucf101_test_and_resume(tmp_path: Path) -> None:
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
     assert resumed["metrics"]["epochs"] == 2
 
+    # a finished run only re-tests, keeping the last epoch's training statistics
+    again = _run("finetune", "--dataset", "ucf101", "--root", str(root), "--model", "test_r3d",
+                 "--out", str(out), "finetune.epochs=2", "finetune.batch_size=2")
+    assert len((out / "metrics.csv").read_text().splitlines()) == 5
+    assert again["metrics"]["train_loss"] == resumed["metrics"]["train_loss"]
+    assert again["metrics"]["top1"] == resumed["metrics"]["top1"]
+
 
 def test_linear_hmdb51_cached_features(tmp_path: Path) -> None:
     root = _hmdb51(tmp_path / "hmdb51")

@@ -15,7 +15,6 @@ exact resume, CSV / TensorBoard / tqdm logging and a loss plot.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -147,6 +146,7 @@ def train_loop(
         print_every=int(cfg["log"].get("print_every", 10)),
     )
     start_epoch, step = 0, 0
+    stats = {"train_loss": float("nan"), "train_acc1": float("nan")}
     latest = find_latest(ckpt_dir)
     if latest is not None:
         state = load_checkpoint(latest, map_location=device)
@@ -157,13 +157,13 @@ def train_loop(
         run_log.load_state_dict(state["state"]["logger"], step=int(state["step"]))
         set_rng_state(state["state"]["rng"][min(ctx.dist.rank, len(state["state"]["rng"]) - 1)])
         start_epoch, step = int(state["epoch"]), int(state["step"])
+        stats = dict(state["state"].get("stats", stats))
         log.info("resumed from %s (epoch %d, step %d)", latest, start_epoch, step)
     if ctx.dist.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     progress = Progress(epochs * steps_per_epoch, initial=step, enabled=ctx.is_main, desc=method)
-    stats = {"train_loss": float("nan"), "train_acc1": float("nan")}
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
         model.train()
@@ -211,6 +211,7 @@ def train_loop(
                     "scaler": scaler.state_dict(),
                     "logger": run_log.state_dict(),
                     "rng": rng,
+                    "stats": stats,
                 }
                 save_checkpoint(
                     _checkpoint(ctx, model, method, epoch + 1, step, num_classes, state),
@@ -223,7 +224,7 @@ def train_loop(
     run_log.close()
     if ctx.is_main:
         plot_losses(log_dir / "metrics.csv", log_dir / "loss.png", columns=["loss"], title=f"{method}: {ctx.out_dir.name}")
-    if math.isnan(stats["train_loss"]):
+    if start_epoch >= epochs:
         log.info("%s: nothing left to train (resumed after the last epoch)", method)
     stats.update({"epochs": float(epochs), "steps": float(step)})
     return unwrap(model), stats
