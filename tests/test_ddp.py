@@ -141,3 +141,37 @@ def test_ddp_step_keeps_parameters_and_queues_identical(ddp_dir: Path) -> None:
     assert changed, "the optimizer step did not change the backbone"
     for key in ("queue", "motion_queue", "dense_queue"):
         assert torch.equal(r0[key], r1[key]), f"{key} differs across ranks"
+
+
+@pytest.mark.slow
+def test_torchrun_pretrain_two_processes(tmp_path: Path) -> None:
+    """The real entry point under torchrun: 2 CPU ranks, gathered RNG states in the checkpoint."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from fima_models.data.synthetic import write_motion_dataset
+
+    root = write_motion_dataset(tmp_path / "data", classes=["MoveLeft", "ZoomIn"], videos_per_class=4, num_frames=16,
+                                size=32, progress=False)
+    cfg = {
+        "device": "cpu", "precision": "fp32", "channels_last": False, "model": {"arch": "test_r3d"},
+        "data": {"root": str(root), "clip_len": 8, "size": 32, "num_workers": 0},
+        "train": {"epochs": 1, "batch_size": 4, "progress": False, "tensorboard": False},
+        "fima": {**TINY_FIMA, "key_bn_splits": 1},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train",
+           "pretrain", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from train.common.checkpoint import find_latest
+    from train.common.run_log import read_csv
+
+    state = torch.load(find_latest(tmp_path / "run"), weights_only=True)
+    assert state["state"]["world_size"] == 2 and len(state["state"]["rng"]) == 2
+    assert len(read_csv(tmp_path / "run" / "metrics.csv")) == state["step"] >= 1
+    fima_models.create_model("test_r3d", num_classes=0).load_state_dict(state["model"], strict=True)
