@@ -42,8 +42,6 @@ from fima_models.features import build_transform, clip_starts, load_model, prepa
 from fima_models.video import VideoReader  # noqa: E402
 from tests.media import make_frames, write_video  # noqa: E402
 
-_LOGGER = logging.getLogger('benchmarks.extract')
-
 
 def make_videos(folder: Path, count: int, frames: int, height: int, width: int, fps: int) -> List[Path]:
     """Write ``count`` H.264 videos of ``frames`` frames (each with its own content)."""
