@@ -143,7 +143,6 @@ def test_ddp_step_keeps_parameters_and_queues_identical(ddp_dir: Path) -> None:
         assert torch.equal(r0[key], r1[key]), f"{key} differs across ranks"
 
 
-@pytest.mark.slow
 def test_torchrun_pretrain_two_processes(tmp_path: Path) -> None:
     """The real entry point under torchrun: 2 CPU ranks, gathered RNG states in the checkpoint."""
     import subprocess

@@ -273,7 +273,6 @@ def test_cli_rejects_bad_overrides(tmp_path: Path) -> None:
     assert main(["--config", str(CONFIGS / "smoke_fima.yaml"), "--out", str(tmp_path), "optim.lrr=1"]) == 2
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["smoke_fima", "smoke_moco"])
 def test_smoke_configs_run(name: str, motion_root: Path, tmp_path: Path) -> None:
     """The shipped smoke configs, shortened to two steps on the tiny data set."""

@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "precision": "auto",
     "channels_last": True,
+    "threads": None,
     "model": {"arch": "r2plus1d_18", "kwargs": {}},
     "data": {
         "dataset": "ucf101",
@@ -366,6 +367,10 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
     precision = resolve_precision(str(cfg["precision"]), device)
     tcfg = cfg["train"]
     seed = int(cfg["seed"])
+    if cfg.get("threads"):
+        # intra-op threads of this process; on small CPUs shared with DataLoader workers, 1 avoids the
+        # heavy slow-down of oversubscribed OpenMP threads
+        torch.set_num_threads(int(cfg["threads"]))
     seed_everything(seed)
     micro = micro_batch_size(cfg, dist_info.world_size)
     accum = int(tcfg["accum_steps"])

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from train.common.distributed import all_gather_cat, broadcast_tensor, get_rank, get_world_size, is_distributed
+from train.common.distributed import all_gather_cat, broadcast_tensor, get_rank, is_distributed
 
 __all__ = ["momentum_update", "FeatureQueue", "shuffled_forward"]
 
