@@ -25,7 +25,6 @@ and the difference views are not encoded.
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any, Mapping
 
 import torch
@@ -45,8 +44,6 @@ from train.fima.losses import (
 from train.fima.momentum import FeatureQueue, momentum_update, shuffled_forward
 
 __all__ = ["FimaPretrainer", "DEFAULT_FIMA_CONFIG", "METHODS"]
-
-logger = logging.getLogger(__name__)
 
 METHODS = ("fima", "moco")
 NUM_SEGMENTS = 2
