@@ -649,7 +649,8 @@ def extract_features(
         crop_pct: centre-crop fraction; default from the config (else 0.875).
         mean: normalisation mean; default from the config.
         std: normalisation std; default from the config.
-        fps: resample the video to this frame rate first (``None`` keeps its own frames).
+        fps: resample the video to this frame rate first (``None`` keeps its own frames); for a
+            ``VideoReader``, open it with ``VideoReader(path, fps=...)`` instead.
         batch_size: clips per forward pass.
         device: ``cpu``/``cuda``; ``None`` keeps a given model where its parameters are, and puts
             a model loaded by name on CUDA when available.
@@ -679,7 +680,10 @@ def extract_features(
             device = next((p.device for p in model.parameters()), None)
     transform = build_transform(model, size, crop_pct, mean, std)
     runner = prepare_inference(model, device=device, amp=amp, channels_last=channels_last, layer=layer)
-    reader = video if isinstance(video, VideoReader) else VideoReader(video, fps=fps)
+    own_reader = not isinstance(video, VideoReader)
+    if not own_reader and fps is not None and fps != video.target_fps:
+        raise ValueError(f'fps={fps} applies when the video is opened; pass a path, or VideoReader(path, fps={fps})')
+    reader = VideoReader(video, fps=fps) if own_reader else video
     config = extraction_config(clip_len, stride, step, level, spatial, temporal, layer, transform,
                                reader.target_fps, amp)
 
@@ -698,6 +702,8 @@ def extract_features(
     finally:
         if bar is not None:
             bar.close()
+        if own_reader:
+            reader.close()
     padded = reader.num_frames < (clip_len - 1) * step + 1
     return accumulator.result(model_name, reader.fps, reader.num_frames, padded=padded, config=config)
 

@@ -291,3 +291,12 @@ def test_clips_are_decoded_in_bounded_chunks(videos: dict) -> None:
     assert [len(c[1]) for c in small] == [1] * 5  # the memory bound wins over max_clips
     frames, end = F.read_clip(VideoReader(videos['short']), 0, 8)
     assert end == 5 and torch.equal(frames[5:], frames[4:5].expand(3, -1, -1, -1))
+
+
+def test_resampling_to_a_frame_rate(model: torch.nn.Module, videos: dict) -> None:
+    result = F.extract_features(model, videos['long'], clip_len=8, stride=8, fps=10, device='cpu')
+    assert result.fps == 10 and result.num_frames == 20 and result.config['fps'] == 10
+    assert result.clip_starts.tolist() == [0, 8]
+    torch.testing.assert_close(result.start_times, torch.tensor([0.0, 0.8], dtype=torch.float64))
+    with pytest.raises(ValueError, match='VideoReader'):
+        F.extract_features(model, VideoReader(videos['long']), clip_len=8, fps=10)
