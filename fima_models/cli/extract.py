@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path, PurePath
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -67,6 +68,9 @@ running the same command again skips finished videos. Exit status 1 when any inp
 Multi-GPU: torchrun --nproc-per-node N -m fima_models.cli extract ... --device cuda
 """
 SUMMARY_VERSION = 1
+_BARRIER_TIMEOUT = timedelta(days=7)
+#: Clips per piece a worker decodes and sends at once; the main process joins pieces into batches.
+PIECE_CLIPS = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +299,9 @@ def _init_dist(world_size: int) -> bool:
         return False
     if 'MASTER_ADDR' not in os.environ:
         raise RuntimeError('WORLD_SIZE > 1 but MASTER_ADDR is not set; launch multi-process runs with torchrun')
-    dist.init_process_group('gloo')
+    # a rank that finishes early waits at the final barrier for the slowest one, possibly for hours;
+    # a rank that dies makes torchrun stop the others, so the long timeout cannot leave them hanging
+    dist.init_process_group('gloo', timeout=_BARRIER_TIMEOUT)
     return True
 
 
@@ -450,10 +456,6 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
                 _LOGGER.error("failed: '%s': %s", entry['input'], entry['reason'])
         return 1 if counts['failed'] else 0
     return 1 if any(r['status'] == 'failed' for r in state.records.values()) else 0
-
-
-#: Clips per piece a worker decodes and sends at once; the main process joins pieces into batches.
-PIECE_CLIPS = 8
 
 
 class _ClipQueue:
