@@ -144,7 +144,7 @@ def test_ddp_step_keeps_parameters_and_queues_identical(ddp_dir: Path) -> None:
 
 
 def test_torchrun_pretrain_two_processes(tmp_path: Path) -> None:
-    """The real entry point under torchrun: 2 CPU ranks, gathered RNG states in the checkpoint."""
+    """The real entry point under torchrun: 2 CPU ranks with gradient accumulation, gathered RNG states."""
     import subprocess
     import sys
 
@@ -152,12 +152,13 @@ def test_torchrun_pretrain_two_processes(tmp_path: Path) -> None:
 
     from fima_models.data.synthetic import write_motion_dataset
 
-    root = write_motion_dataset(tmp_path / "data", classes=["MoveLeft", "ZoomIn"], videos_per_class=4, num_frames=16,
-                                size=32, progress=False)
+    root = write_motion_dataset(tmp_path / "data", classes=["MoveLeft", "ZoomIn", "Static"], videos_per_class=4,
+                                num_frames=16, size=32, progress=False)
     cfg = {
         "device": "cpu", "precision": "fp32", "channels_last": False, "model": {"arch": "test_r3d"},
         "data": {"root": str(root), "clip_len": 8, "size": 32, "num_workers": 0},
-        "train": {"epochs": 1, "batch_size": 4, "progress": False, "tensorboard": False},
+        # global batch 8 = 2 ranks x 2 accumulation steps x 2 videos: exercises DDP no_sync
+        "train": {"epochs": 1, "batch_size": 8, "accum_steps": 2, "progress": False, "tensorboard": False},
         "fima": {**TINY_FIMA, "key_bn_splits": 1},
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))

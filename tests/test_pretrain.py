@@ -206,7 +206,9 @@ def test_every_backbone_trains_with_fima_and_moco(arch: str) -> None:
 # ----------------------------------------------------------------------------- end to end
 def test_pretrain_end_to_end_outputs_and_conversion(motion_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    final = run_pretrain(tiny_config(motion_root, epochs=1, keep_last=1), out)
+    cfg = tiny_config(motion_root, epochs=1, keep_last=1)
+    cfg["channels_last"] = True  # channels_last_3d weights must still save and convert
+    final = run_pretrain(cfg, out)
     rows = read_csv(out / "metrics.csv")
     assert len(rows) == 2 and final == out / "checkpoint_00000002.pt"
     for col in LOSS_COLUMNS + ["lr", "clips_per_s", "data_wait_frac", "dense_valid_frac", "epoch"]:
@@ -251,6 +253,16 @@ def test_resume_reproduces_uninterrupted_losses(motion_root: Path, tmp_path: Pat
     sb = torch.load(resumed / "checkpoint_00000004.pt", weights_only=True)
     for k, v in sa["model"].items():
         assert torch.allclose(v.float(), sb["model"][k].float(), atol=1e-6), k
+
+
+def test_gradient_accumulation_counts_optimizer_steps(motion_root: Path, tmp_path: Path) -> None:
+    # batch 4 = 2 micro-batches of 2; 9 training videos -> 4 micro-batches -> 2 optimizer steps per epoch
+    run_pretrain(tiny_config(motion_root, epochs=1, accum_steps=2, tensorboard=False), tmp_path / "acc")
+    rows = read_csv(tmp_path / "acc" / "metrics.csv")
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    with pytest.raises(ConfigError, match="not divisible"):
+        run_pretrain(tiny_config(motion_root, batch_size=5, accum_steps=2), tmp_path / "bad")
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(motion_root: Path, tmp_path: Path) -> None:

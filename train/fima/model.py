@@ -128,8 +128,11 @@ class FimaPretrainer(nn.Module):
 
     # ----------------------------------------------------------------- helpers
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """The query encoder's state dict with the backbone's own key names (the pretrained weights)."""
-        return {k: v.detach().clone() for k, v in self.encoder_q.state_dict().items()}
+        """The query encoder's state dict with the backbone's own key names (the pretrained weights).
+
+        Tensors are contiguous copies (channels_last_3d weights included), as safetensors requires.
+        """
+        return {k: v.detach().contiguous().clone() for k, v in self.encoder_q.state_dict().items()}
 
     @torch.no_grad()
     def momentum_update(self) -> None:
