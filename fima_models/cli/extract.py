@@ -16,8 +16,8 @@ videos. ``OUT/summary.json`` lists every input as ``ok``, ``failed`` (with the r
 when any input failed.
 
 Decoding runs in DataLoader worker processes: an IterableDataset shards the videos across the
-workers and packs the clips of consecutive videos into batches, so short videos still fill the
-model's batches. Under ``torchrun`` every rank takes every ``world_size``-th video, uses GPU
+workers, each sending pieces of a few clips; the main process joins pieces from all workers and
+videos into model batches of exactly ``--batch-size`` clips, so short videos still fill them. Under ``torchrun`` every rank takes every ``world_size``-th video, uses GPU
 ``LOCAL_RANK``, and rank 0 merges the per-rank partial summaries into one ``summary.json``.
 """
 from __future__ import annotations
