@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -138,13 +139,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 for configuration errors, 3 when the loss became non-finite.
     """
     args = build_parser().parse_args(list(argv) if argv is not None else None)
-    setup_console_logging()
+    setup_console_logging(rank=int(os.environ.get("RANK", "0")))  # ranks > 0 only print warnings
     try:
         # defaults first, so every key of DEFAULTS can be overridden even when the YAML omits it
         cfg = apply_overrides(merge(DEFAULTS, load_yaml(args.config)), args.overrides)
         final = run_pretrain(cfg, Path(args.out), resume=args.resume)
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
+        return 2
+    except FileNotFoundError as exc:  # data set layout, missing checkpoint
+        logger.error("%s", exc)
         return 2
     except NonFiniteLossError as exc:
         logger.error("%s", exc)
