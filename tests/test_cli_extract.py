@@ -24,15 +24,6 @@ EXPECTED_CLIPS = {'sub/long': 5, 'sub/deeper/mid': 2, 'short': 1}
 BASE = ['--model', 'test_r3d', '--no-pretrained', '--clip-len', '8', '--stride', '8', '--no-progress']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp('cli_videos') / 'videos'

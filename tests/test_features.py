@@ -14,15 +14,6 @@ from tests.media import make_frames, write_video
 FPS = 20
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """Tiny models run far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def videos(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp('feature_videos')

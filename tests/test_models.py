@@ -27,15 +27,6 @@ FULL_MODELS = ['r3d_18', 'mc3_18', 'r2plus1d_18', 's3d', 'i3d']
 CLIP = (2, 3, 8, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny models on a shared 2-core machine run ~30x faster on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _clip(shape=CLIP) -> torch.Tensor:
     return torch.randn(*shape)
 

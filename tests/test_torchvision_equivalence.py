@@ -21,14 +21,6 @@ RESNETS = {
 ALL = {**RESNETS, 's3d': (tvv.s3d, tvv.S3D_Weights)}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pair(name):
     """A torchvision model with random weights and ours loaded strictly from its state_dict."""
     torch.manual_seed(0)
