@@ -8,11 +8,14 @@ a subclass.
 """
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from timm.models import PretrainedCfg
 
-__all__ = ['VideoPretrainedCfg', 'video_cfg', 'hub_id', 'KINETICS_MEAN', 'KINETICS_STD', 'FIMA_PAPER']
+__all__ = [
+    'VideoPretrainedCfg', 'video_cfg', 'hub_id', 'self_supervised_cfgs', 'KINETICS_MEAN', 'KINETICS_STD',
+    'FIMA_PAPER', 'FIMA_PAPER_ID',
+]
 
 #: Normalisation used by FIMA and by torchvision's Kinetics-400 video models.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -58,3 +61,43 @@ def video_cfg(**kwargs: Any) -> VideoPretrainedCfg:
     )
     defaults.update(kwargs)
     return VideoPretrainedCfg(**defaults)
+
+
+_DATASET_NAMES = {'kinetics400': 'Kinetics-400', 'ucf101': 'UCF101 split 1'}
+_SELF_SUPERVISED_TAGS = (
+    ('fima_k400', 'fima', 'kinetics400', 'FIMA self-supervised pretraining'),
+    ('fima_ucf101', 'fima', 'ucf101', 'FIMA self-supervised pretraining'),
+    ('moco_ucf101', 'moco', 'ucf101', 'MoCo baseline (FIMA pipeline, global InfoNCE loss only)'),
+)
+
+
+def self_supervised_cfgs(
+        arch: str,
+        make_cfg: Callable[..., VideoPretrainedCfg],
+        input_size: Tuple[int, int, int, int],
+        metrics: Optional[Dict[str, Dict[str, float]]] = None,
+) -> Dict[str, VideoPretrainedCfg]:
+    """The ``fima_k400``, ``fima_ucf101`` and ``moco_ucf101`` tags of one architecture.
+
+    Their weights are produced by ``train/`` and published with ``hub/``; until then the tags are
+    registered with ``published=False`` and load only from a file, a cache or a converted folder.
+
+    Args:
+        arch: Architecture name, e.g. ``'r2plus1d_18'``.
+        make_cfg: The model file's ``_cfg`` (sets its ``first_conv`` and ``classifier``).
+        input_size: ``(C, T, H, W)`` the weights are trained at.
+        metrics: Reported downstream results per tag (e.g. the paper's numbers), keyed by tag.
+    """
+    metrics = metrics or {}
+    frames, size = input_size[1], input_size[2]
+    cfgs = {}
+    for tag, method, dataset, what in _SELF_SUPERVISED_TAGS:
+        reported = metrics.get(tag, {})
+        source = "; metrics are the FIMA paper's (top-1, split 1)" if reported else ''
+        cfgs[f'{arch}.{tag}'] = make_cfg(
+            hf_hub_id=hub_id(f'{arch}.{tag}'), method=method, dataset=dataset, num_frames=frames,
+            input_size=input_size, metrics=dict(reported), num_classes=0, published=False,
+            paper_name=FIMA_PAPER, paper_ids=FIMA_PAPER_ID, license='apache-2.0',
+            description=f'{what} on {_DATASET_NAMES[dataset]} ({frames}x{size} clips), backbone only{source}; '
+                        'produced by train/, not yet published.')
+    return cfgs

@@ -33,7 +33,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ._builder import build_video_model
 from ._layers import INCEPTION_STAGES, INCEPTION_WIDTHS, VideoBackbone, init_weights, mixed_out_chs, scale_widths
-from ._pretrained_cfg import FIMA_PAPER, FIMA_PAPER_ID, hub_id, video_cfg
+from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = ['I3D', 'Unit3d', 'MaxPool3dSame', 'MixedBlock', 'same_padding', 'checkpoint_filter_fn']
 
@@ -244,27 +244,11 @@ def _cfg(**kwargs: Any):
     return video_cfg(first_conv='conv3d_1a_7x7.conv3d', classifier='fc', **kwargs)
 
 
-_FIMA = dict(paper_name=FIMA_PAPER, paper_ids=FIMA_PAPER_ID, license='apache-2.0', num_classes=0, published=False)
-
 default_cfgs = generate_default_cfgs({
-    'i3d.fima_k400': _cfg(
-        hf_hub_id=hub_id('i3d.fima_k400'), method='fima', dataset='kinetics400', num_frames=16,
-        input_size=(3, 16, 224, 224),
-        description='FIMA self-supervised pretraining on Kinetics-400 (16x224 clips, batch 64, 100 epochs), '
-                    'backbone only; produced by train/, not yet published.', **_FIMA),
-    'i3d.fima_ucf101': _cfg(
-        hf_hub_id=hub_id('i3d.fima_ucf101'), method='fima', dataset='ucf101', num_frames=16,
-        input_size=(3, 16, 224, 224),
-        metrics={'ucf101_finetune': 84.2, 'hmdb51_finetune': 57.8, 'ucf101_linear': 75.3, 'hmdb51_linear': 42.8},
-        description='FIMA self-supervised pretraining on UCF101 split 1 (16x224 clips), backbone only; metrics '
-                    'are the paper\'s (top-1, split 1); weights produced by train/, not yet published.', **_FIMA),
-    'i3d.moco_ucf101': _cfg(
-        hf_hub_id=hub_id('i3d.moco_ucf101'), method='moco', dataset='ucf101', num_frames=16,
-        input_size=(3, 16, 224, 224),
-        metrics={'ucf101_finetune': 76.7, 'hmdb51_finetune': 48.8, 'ucf101_linear': 58.1, 'hmdb51_linear': 26.7},
-        description='MoCo baseline (FIMA pipeline, global InfoNCE loss only) on UCF101 split 1, 16x224 clips, '
-                    'backbone only; metrics are the FIMA paper\'s baseline; weights produced by train/, '
-                    'not yet published.', **_FIMA),
+    **self_supervised_cfgs('i3d', _cfg, (3, 16, 224, 224), metrics={
+        'fima_ucf101': {'ucf101_finetune': 84.2, 'hmdb51_finetune': 57.8, 'ucf101_linear': 75.3, 'hmdb51_linear': 42.8},
+        'moco_ucf101': {'ucf101_finetune': 76.7, 'hmdb51_finetune': 48.8, 'ucf101_linear': 58.1, 'hmdb51_linear': 26.7},
+    }),
     'test_i3d': _cfg(num_classes=10, input_size=(3, 8, 32, 32), description='Tiny untrained model for tests.'),
 })
 

@@ -24,7 +24,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ._builder import build_video_model
 from ._layers import VideoBackbone, init_weights
-from ._pretrained_cfg import FIMA_PAPER, FIMA_PAPER_ID, hub_id, video_cfg
+from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = ['VideoResNet', 'BasicBlock3d', 'checkpoint_filter_fn']
 
@@ -201,9 +201,6 @@ _TV_DESC = ('torchvision Kinetics-400 supervised weights; clip accuracy with tor
 _TV_PAPER = dict(paper_name='A Closer Look at Spatiotemporal Convolutions for Action Recognition',
                  paper_ids='arXiv:1711.11248', license='bsd-3-clause',
                  origin_url='https://github.com/pytorch/vision/tree/main/references/video_classification')
-_FIMA = dict(paper_name=FIMA_PAPER, paper_ids=FIMA_PAPER_ID, license='apache-2.0', num_classes=0, published=False)
-
-
 def _tv_cfg(url: str, acc1: float, acc5: float, num_params: int) -> Any:
     return _cfg(
         url=url, method='supervised', dataset='kinetics400', num_frames=16, published=True,
@@ -212,32 +209,11 @@ def _tv_cfg(url: str, acc1: float, acc5: float, num_params: int) -> Any:
         description=_TV_DESC, **_TV_PAPER)
 
 
-def _ssl_cfgs(arch: str) -> Dict[str, Any]:
-    """FIMA and MoCo-baseline tags of a video ResNet (16x112 clips)."""
-    return {
-        f'{arch}.fima_k400': _cfg(
-            hf_hub_id=hub_id(f'{arch}.fima_k400'), method='fima', dataset='kinetics400', num_frames=16,
-            input_size=(3, 16, 112, 112),
-            description='FIMA self-supervised pretraining on Kinetics-400 (16x112 clips), backbone only; '
-                        'produced by train/, not yet published.', **_FIMA),
-        f'{arch}.fima_ucf101': _cfg(
-            hf_hub_id=hub_id(f'{arch}.fima_ucf101'), method='fima', dataset='ucf101', num_frames=16,
-            input_size=(3, 16, 112, 112),
-            description='FIMA self-supervised pretraining on UCF101 split 1 (16x112 clips, the paper\'s '
-                        'R(2+1)D setting), backbone only; produced by train/, not yet published.', **_FIMA),
-        f'{arch}.moco_ucf101': _cfg(
-            hf_hub_id=hub_id(f'{arch}.moco_ucf101'), method='moco', dataset='ucf101', num_frames=16,
-            input_size=(3, 16, 112, 112),
-            description='MoCo baseline (FIMA pipeline, global InfoNCE loss only) on UCF101 split 1, 16x112 '
-                        'clips, backbone only; produced by train/, not yet published.', **_FIMA),
-    }
-
-
 default_cfgs = generate_default_cfgs({
-    **_ssl_cfgs('r2plus1d_18'),
+    **self_supervised_cfgs('r2plus1d_18', _cfg, (3, 16, 112, 112)),
     'r2plus1d_18.tv_k400': _tv_cfg('https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth',
                                    67.463, 86.175, 31505325),
-    **_ssl_cfgs('r3d_18'),
+    **self_supervised_cfgs('r3d_18', _cfg, (3, 16, 112, 112)),
     'r3d_18.tv_k400': _tv_cfg('https://download.pytorch.org/models/r3d_18-b3b3357e.pth',
                               63.200, 83.479, 33371472),
     'mc3_18.tv_k400': _tv_cfg('https://download.pytorch.org/models/mc3_18-a90a0ba3.pth',

@@ -29,7 +29,7 @@ from ._builder import build_video_model
 from ._layers import (
     INCEPTION_STAGES, INCEPTION_WIDTHS, ConvBnAct3d, VideoBackbone, init_weights, mixed_out_chs, scale_widths,
 )
-from ._pretrained_cfg import FIMA_PAPER, FIMA_PAPER_ID, hub_id, video_cfg
+from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = ['S3D', 'SepConv3d', 'SepInceptionBlock', 'checkpoint_filter_fn']
 
@@ -209,24 +209,8 @@ def _cfg(**kwargs: Any):
     return video_cfg(first_conv='features.0.0.0', classifier='classifier.1', **kwargs)
 
 
-_FIMA = dict(paper_name=FIMA_PAPER, paper_ids=FIMA_PAPER_ID, license='apache-2.0', num_classes=0, published=False)
-
 default_cfgs = generate_default_cfgs({
-    's3d.fima_k400': _cfg(
-        hf_hub_id=hub_id('s3d.fima_k400'), method='fima', dataset='kinetics400', num_frames=16,
-        input_size=(3, 16, 224, 224),
-        description='FIMA self-supervised pretraining on Kinetics-400 (16x224 clips), backbone only; '
-                    'produced by train/, not yet published.', **_FIMA),
-    's3d.fima_ucf101': _cfg(
-        hf_hub_id=hub_id('s3d.fima_ucf101'), method='fima', dataset='ucf101', num_frames=16,
-        input_size=(3, 16, 224, 224),
-        description='FIMA self-supervised pretraining on UCF101 split 1; 16x224 clips (the paper\'s Inception '
-                    'setting, as for I3D), backbone only; produced by train/, not yet published.', **_FIMA),
-    's3d.moco_ucf101': _cfg(
-        hf_hub_id=hub_id('s3d.moco_ucf101'), method='moco', dataset='ucf101', num_frames=16,
-        input_size=(3, 16, 224, 224),
-        description='MoCo baseline (FIMA pipeline, global InfoNCE loss only) on UCF101 split 1, 16x224 clips, '
-                    'backbone only; produced by train/, not yet published.', **_FIMA),
+    **self_supervised_cfgs('s3d', _cfg, (3, 16, 224, 224)),
     's3d.tv_k400': _cfg(
         url='https://download.pytorch.org/models/s3d-d76dad2f.pth', method='supervised', dataset='kinetics400',
         num_frames=128, input_size=(3, 128, 224, 224), crop_pct=224 / 256, published=True, num_classes=400,
