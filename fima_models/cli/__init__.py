@@ -6,6 +6,7 @@ sub-commands and sets ``func(args) -> int`` as their handler.
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -50,6 +51,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f'fima-models {args.command}: error: {err}', file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`fima-models list | head`); silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f'fima-models {args.command}: interrupted', file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':
