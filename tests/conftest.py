@@ -1,9 +1,12 @@
 """Shared test set-up: no test reaches a network or a user's caches, and every test is seeded."""
+import atexit
 import os
+import shutil
 import tempfile
 
 # huggingface_hub and torch.hub read these when first imported, so set them before any import.
 _CACHE_ROOT = tempfile.mkdtemp(prefix='fima-models-test-cache-')
+atexit.register(shutil.rmtree, _CACHE_ROOT, ignore_errors=True)
 os.environ['HF_HOME'] = os.path.join(_CACHE_ROOT, 'hf')
 os.environ.pop('HF_HUB_CACHE', None)
 os.environ['TORCH_HOME'] = os.path.join(_CACHE_ROOT, 'torch')
