@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fima_models.inference import optimize_for_inference
 from fima_models.transforms import EvalTransform
 from fima_models.video import VideoReader
 
@@ -473,11 +474,15 @@ def prepare_inference(
         channels_last: bool = False,
         layer: Optional[int] = None,
         allow_slow_amp: bool = False,
+        optimize: bool = True,
+        example_shape: Optional[Sequence[int]] = None,
 ) -> FeatureRunner:
     """Make ``model`` ready for inference and wrap it in a :class:`FeatureRunner`.
 
-    This is the one place that prepares a model for extraction: eval mode, device, memory format
-    and mixed precision (see :func:`resolve_amp`).
+    This is the one place that prepares a model for extraction: eval mode, device, memory format,
+    mixed precision (see :func:`resolve_amp`) and, by default, the fast inference path of
+    :func:`fima_models.inference.optimize_for_inference` (an optimised copy; ``model`` itself is
+    left as it is).
 
     Args:
         model: a fima_models backbone (timm interface on 5-D input).
@@ -487,13 +492,22 @@ def prepare_inference(
         layer: index of an intermediate block (as ``forward_intermediates`` counts, negative from
             the end); ``None`` uses the final ``forward_features`` map.
         allow_slow_amp: accept emulated bfloat16 on a CPU (warns instead of raising).
+        optimize: use the measured fast path for ``device`` (BatchNorm folding, memory format,
+            factorised convolutions); features match plain float32 within
+            :data:`fima_models.inference.FP32_TOLERANCE` (relative).
+        example_shape: ``(N, C, T, H, W)`` of the clips to come, for the fast path's output check;
+            ``None`` uses the model's pretrained input size.
     """
     device = resolve_device(device)
     amp_dtype = resolve_amp(amp, device, allow_slow=allow_slow_amp)
     if layer is not None and not hasattr(model, 'forward_intermediates'):
         raise ValueError(f'{type(model).__name__} has no forward_intermediates, so layer={layer} cannot be used')
-    model.eval()
-    model.to(device)
+    if optimize:
+        model = optimize_for_inference(model, device=device, example_shape=example_shape)
+        channels_last = channels_last or model.inference_plan.channels_last
+    else:
+        model.eval()
+        model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)
     return FeatureRunner(model, device, amp_dtype=amp_dtype, channels_last=channels_last, layer=layer)
@@ -628,6 +642,7 @@ def extract_features(
         channels_last: bool = False,
         pretrained: bool = True,
         progress: bool = False,
+        optimize: bool = True,
 ) -> VideoFeatures:
     """Extract features of one video, clip by clip, in constant memory.
 
@@ -658,6 +673,8 @@ def extract_features(
         channels_last: use the channels-last-3d memory format.
         pretrained: when ``model`` is a name, load its pretrained weights.
         progress: show a tqdm bar over the clips.
+        optimize: run the fast inference path (see :func:`prepare_inference`); ``False`` runs the
+            model exactly as given.
 
     Returns:
         :class:`VideoFeatures` with the features and every clip's frames and times.
@@ -679,7 +696,8 @@ def extract_features(
         if device is None:
             device = next((p.device for p in model.parameters()), None)
     transform = build_transform(model, size, crop_pct, mean, std)
-    runner = prepare_inference(model, device=device, amp=amp, channels_last=channels_last, layer=layer)
+    runner = prepare_inference(model, device=device, amp=amp, channels_last=channels_last, layer=layer,
+                               optimize=optimize, example_shape=(1, 3, clip_len, transform.size, transform.size))
     own_reader = not isinstance(video, VideoReader)
     if not own_reader and fps is not None and fps != video.target_fps:
         raise ValueError(f'fps={fps} applies when the video is opened; pass a path, or VideoReader(path, fps={fps})')

@@ -140,6 +140,18 @@ def test_deterministic_and_batch_size_independent(model: torch.nn.Module, videos
     torch.testing.assert_close(first.features, one_by_one.features, rtol=1e-5, atol=1e-6)
 
 
+def test_fast_inference_path_is_the_default_and_matches_the_plain_model(model, videos) -> None:
+    from fima_models.inference import FP32_TOLERANCE
+
+    runner = F.prepare_inference(model, device='cpu', example_shape=(1, 3, 8, 32, 32))
+    assert runner.model is not model and runner.model.inference_plan.fold_batchnorm
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in runner.model.modules())
+    fast = F.extract_features(model, videos['long'], clip_len=8, stride=8, level='dense', device='cpu')
+    plain = F.extract_features(model, videos['long'], clip_len=8, stride=8, level='dense', device='cpu',
+                               optimize=False)
+    assert (fast.features - plain.features).abs().max() <= FP32_TOLERANCE * plain.features.abs().max()
+
+
 def test_size_and_normalisation_come_from_the_config_unless_given(model, videos) -> None:
     default = F.extract_features(model, videos['mid'], clip_len=8, level='dense', device='cpu')
     larger = F.extract_features(model, videos['mid'], clip_len=8, level='dense', size=64, device='cpu')
