@@ -510,6 +510,16 @@ def _wrap_heavy_method(model: nn.Module, plan: InferencePlan) -> None:
 _CACHE: 'weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[Any, ...], nn.Module]]' = weakref.WeakKeyDictionary()
 
 
+def _state_fingerprint(model: nn.Module) -> Tuple[Tuple[str, int, int, Tuple[int, ...]], ...]:
+    """Identity of every parameter and buffer and its in-place version counter.
+
+    Training steps, ``load_state_dict``, ``copy_`` and ``reset_classifier`` all change it, so a
+    cached optimised copy is never served for weights it was not made from.
+    """
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape))
+                 for name, t in model.state_dict(keep_vars=True).items())
+
+
 def _arch_name(model: nn.Module) -> str:
     cfg = getattr(model, 'pretrained_cfg', None)
     arch = cfg.get('architecture') if isinstance(cfg, dict) else None
@@ -530,8 +540,8 @@ def optimize_for_inference(
     The copy keeps ``model``'s class and methods (``forward``, ``forward_features``,
     ``forward_intermediates`` ...), its parameters do not require grad, and it carries the plan it
     follows as ``.inference_plan``. ``model`` itself is not changed. Calling this again with the same
-    model, shape, device and options returns the cached copy (compiled once per process); calling it
-    on an optimised model returns that model.
+    model (and unchanged weights), shape, device and options returns the cached copy (compiled once
+    per process); calling it on an optimised model returns that model.
 
     Args:
         model: Any ``nn.Module`` taking one ``(N, C, T, H, W)`` float tensor.
@@ -555,7 +565,7 @@ def optimize_for_inference(
     if plan is None:
         plan = plan_inference(device, compile=compile, precision=precision)
     shape = tuple(int(s) for s in (example_shape if example_shape is not None else _default_shape(model)))
-    key = (shape, str(device), replace(plan, reasons=()))
+    key = (shape, str(device), replace(plan, reasons=()), _state_fingerprint(model))
     per_model = _CACHE.setdefault(model, {})
     if key in per_model:
         return per_model[key]

@@ -270,3 +270,19 @@ def test_configure_allocator_reports_whether_applied():
     assert inference.allocator_configured() == applied
     x = torch.randn(1 << 20)  # large allocations still work afterwards
     assert float((x * 0 + 1).sum()) == float(1 << 20)
+
+
+def test_cache_never_serves_a_copy_of_older_weights():
+    model = fima_models.create_model('test_r3d', num_classes=0).eval()
+    shape = (1, 3, 8, 32, 32)
+    first = optimize_for_inference(model, example_shape=shape)
+    assert optimize_for_inference(model, example_shape=shape) is first
+    model.reset_classifier(5)
+    with torch.no_grad():
+        model.get_classifier().weight.fill_(0.5)
+    changed = optimize_for_inference(model, example_shape=shape)
+    assert changed is not first
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert changed(x).shape == (1, 5)
+        torch.testing.assert_close(changed(x), model(x), rtol=1e-4, atol=1e-4)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from fima_models.inference import optimize_for_inference
 from train.common.distributed import all_gather_cat
 from train.common.precision import autocast
 from train.common.sampling import ResumableBatchSampler
@@ -69,7 +70,8 @@ def clip_outputs(
     """Apply ``fn`` to every clip of a multi-clip data set.
 
     Args:
-        fn: maps a clip batch ``[B, 3, T, S, S]`` to ``[B, D]`` (logits or features).
+        fn: maps a clip batch ``[B, 3, T, S, S]`` to ``[B, D]`` (logits or features). A module
+            runs as its ``optimize_for_inference`` copy unless the config sets ``test.optimize: false``.
         dataset: items ``([K, 3, T, S, S], label)``.
         ctx: run context (device, ranks, precision).
         batch_size: videos per batch (each contributes K clips).
@@ -95,6 +97,7 @@ def clip_outputs(
         pin_memory=ctx.device.type == "cuda",
         persistent_workers=False,
     )
+    optimize = isinstance(fn, nn.Module) and bool(ctx.cfg.get("test", {}).get("optimize", True))
     outs, labels, indices = [], [], []
     bar = tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True)
     for clips, label, index in bar:
@@ -105,6 +108,9 @@ def clip_outputs(
             )
         b, k = clips.shape[:2]
         x = clips.flatten(0, 1).to(ctx.device, non_blocking=True)
+        if optimize:  # on the first batch, whose clip shape the fast path is checked on
+            fn = optimize_for_inference(fn, device=ctx.device, example_shape=(1, *x.shape[1:]))
+            optimize = False
         with autocast(ctx.device, ctx.precision):
             y = fn(x)
         outs.append(y.float().view(b, k, -1))
