@@ -19,7 +19,8 @@ Settings (``--settings``; ``+alloc`` after any name first calls
 * ``channels_last``: model and input in ``torch.channels_last_3d``;
 * ``compile`` / ``compile_freeze``: ``torch.compile`` without / with inductor freezing
   (weights as constants, conv + BatchNorm folding and fusion);
-* ``fold``: BatchNorm folded into the convs (eager);
+* ``fold`` / ``fold_cl``: BatchNorm folded into the convs (eager), without / with channels-last-3d
+  (the fast path minus the factorised convs as 2-D convs);
 * ``fast``: :func:`fima_models.inference.optimize_for_inference` with the device's default plan;
 * ``fast_compile``: the same with ``compile=True``;
 * ``bf16``: bfloat16 autocast, only where the hardware computes bfloat16 natively (skipped and
@@ -28,7 +29,8 @@ Settings (``--settings``; ``+alloc`` after any name first calls
 Each worker reports clips/s, the peak memory of a step (CPU: growth of the resident set above its
 level before the step, via ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``), parameters,
 GFLOPs per clip (``torch.utils.flop_counter`` on the meta device) and setup time (compile
-included). A full sweep is slow on two CPU cores; pick a subset, e.g.::
+included). With ``--baseline`` every worker also times our plain fp32 model alongside, so the
+speed-up of a setting over the default is measured side by side too. A full sweep is slow on two CPU cores; pick a subset, e.g.::
 
     python benchmarks/models.py --models r2plus1d_18 --sizes 16x112 --batches 8 \\
         --settings fp32 channels_last fast fast+alloc --iters 3 --json benchmarks/results/cpu.json
@@ -59,13 +61,15 @@ sys.path.insert(0, str(REPO))
 
 import fima_models  # noqa: E402
 from benchmarks.extract import machine_info  # noqa: E402
-from fima_models.inference import configure_allocator, optimize_for_inference, output_mismatch  # noqa: E402
+from fima_models.inference import (  # noqa: E402
+    InferencePlan, configure_allocator, optimize_for_inference, output_mismatch, plan_inference,
+)
 from fima_models.models.i3d import MaxPool3dSame, Unit3d  # noqa: E402
 
 _LOGGER = logging.getLogger('benchmarks.models')
 
 MODELS = ('r3d_18', 'mc3_18', 'r2plus1d_18', 's3d', 'i3d')
-SETTINGS = ('fp32', 'channels_last', 'compile', 'compile_freeze', 'fold', 'fast', 'fast_compile', 'bf16')
+SETTINGS = ('fp32', 'channels_last', 'compile', 'compile_freeze', 'fold', 'fold_cl', 'fast', 'fast_compile', 'bf16')
 TRAIN_SETTINGS = ('fp32', 'channels_last')
 #: Largest relative output difference between ours and the reference (same weights, fp32).
 MAX_REF_MISMATCH = 1e-4
@@ -78,8 +82,8 @@ def symmetric_padding_i3d(model: nn.Module) -> nn.Module:
     """A copy of an I3D with every "SAME" padding replaced by PyTorch's symmetric padding.
 
     Convs pad ``(k - 1) // 2`` on both sides inside the conv; pools become ``nn.MaxPool3d`` with the
-    same symmetric padding and floor mode. Same weights and FLOPs up to the odd border; the feature
-    map sizes match "SAME" for the even sizes used here.
+    same symmetric padding (floor mode, or ceil mode for the unpadded 2x2x2 pool). Same weights and,
+    at 16x112 and 16x224, the same feature-map sizes and FLOPs as the "SAME" network.
     """
     sym = copy.deepcopy(model)
     for name, module in list(sym.named_modules()):
@@ -87,8 +91,9 @@ def symmetric_padding_i3d(model: nn.Module) -> nn.Module:
             module.conv_pads = True
             module.conv3d.padding = tuple((k - 1) // 2 for k in module.conv3d.kernel_size)
         elif isinstance(module, MaxPool3dSame):
-            pool = nn.MaxPool3d(module.kernel_size, module.stride,
-                                padding=tuple((k - 1) // 2 for k in module.kernel_size))
+            padding = tuple((k - 1) // 2 for k in module.kernel_size)
+            # unpadded (even-kernel) pools keep the last partial window, as "SAME" does
+            pool = nn.MaxPool3d(module.kernel_size, module.stride, padding=padding, ceil_mode=not any(padding))
             parent_name, _, child = name.rpartition('.')
             setattr(sym.get_submodule(parent_name) if parent_name else sym, child, pool)
     return sym
@@ -184,9 +189,9 @@ def prepare(model: nn.Module, setting: str, device: torch.device, shape: Tuple[i
         return model, True
     if setting in ('compile', 'compile_freeze'):
         return torch.compile(model, dynamic=False, options={'freezing': setting == 'compile_freeze'}), False
-    if setting == 'fold':
-        from fima_models.inference import InferencePlan
-        return optimize_for_inference(model, device, shape, plan=InferencePlan(str(device)), verify=False), False
+    if setting in ('fold', 'fold_cl'):
+        plan = InferencePlan(str(device), channels_last=setting == 'fold_cl')
+        return optimize_for_inference(model, device, shape, plan=plan, verify=False), plan.channels_last
     if setting in ('fast', 'fast_compile'):
         fast = optimize_for_inference(model, device, shape, compile=setting == 'fast_compile', verify=False)
         return fast, fast.inference_plan.channels_last
@@ -199,7 +204,7 @@ def prepare(model: nn.Module, setting: str, device: torch.device, shape: Tuple[i
 
 
 def bf16_available(device: torch.device) -> bool:
-    from fima_models.inference import plan_inference
+    """Whether ``device`` computes bfloat16 natively (the fast path's own rule)."""
     return plan_inference(device, precision='auto').precision == 'bf16'
 
 
@@ -223,12 +228,14 @@ def worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     x = torch.randn(shape, device=device)
     target = torch.randint(0, 400, (cfg['batch'],), device=device)
     impls = {'ours': ours} if ref is None else {'ours': ours, 'ref': ref}
+    if cfg.get('baseline') and setting != 'fp32':
+        impls['base'] = copy.deepcopy(ours)  # our plain fp32 model, timed alongside
     steps: Dict[str, Callable[[], Any]] = {}
     setup: Dict[str, float] = {}
     first: Dict[str, Any] = {}
     for key, model in impls.items():
         start = time.perf_counter()
-        fn, channels_last = prepare(model, setting, device, shape, train)
+        fn, channels_last = prepare(model, 'fp32' if key == 'base' else setting, device, shape, train)
         xin = x.contiguous(memory_format=torch.channels_last_3d) if channels_last else x
         if train:
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -266,6 +273,8 @@ def worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
         }
     if 'ref' in out:
         out['ratio'] = out['ours']['clips_per_s'] / out['ref']['clips_per_s']
+    if 'base' in out:
+        out['speedup_vs_fp32_same_process'] = out['ours']['clips_per_s'] / out['base']['clips_per_s']
     return out
 
 
@@ -291,7 +300,7 @@ def add_relative(results: List[Dict[str, Any]], peak: float) -> None:
     base = {(r['model'], r['mode'], r['batch'], r['frames'], r['size']): r['ours']['clips_per_s']
             for r in results if r.get('setting') == 'fp32' and 'ours' in r}
     for r in results:
-        for key in ('ours', 'ref'):
+        for key in ('ours', 'ref', 'base'):
             if key in r:
                 r[key]['frac_of_peak'] = r[key]['achieved_gflops'] / peak
         fp32 = base.get((r['model'], r['mode'], r['batch'], r['frames'], r['size']))
@@ -306,7 +315,7 @@ def _fmt(value: Optional[float], spec: str) -> str:
 def markdown(results: List[Dict[str, Any]]) -> str:
     """The results as one markdown table."""
     header = ('model', 'mode', 'clip', 'batch', 'setting', 'ours clips/s', 'ref clips/s', 'ours/ref',
-              'x ours fp32', 'ours GFLOP/s', 'of peak', 'ours peak MB', 'ref peak MB', 'setup s (ours)')
+              'x ours fp32', 'x fp32 same proc', 'ours GFLOP/s', 'of peak', 'ours peak MB', 'ref peak MB', 'setup s (ours)')
     rows = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for r in results:
         cells = [r['model'], r['mode'], f"{r['frames']}x{r['size']}", str(r['batch']), r['setting']]
@@ -315,7 +324,8 @@ def markdown(results: List[Dict[str, Any]]) -> str:
         else:
             o, f = r['ours'], r.get('ref', {})
             cells += [_fmt(o['clips_per_s'], '.2f'), _fmt(f.get('clips_per_s'), '.2f'), _fmt(r.get('ratio'), '.2f'),
-                      _fmt(r.get('speedup_vs_ours_fp32'), '.2f'), _fmt(o['achieved_gflops'], '.0f'),
+                      _fmt(r.get('speedup_vs_ours_fp32'), '.2f'), _fmt(r.get('speedup_vs_fp32_same_process'), '.2f'),
+                      _fmt(o['achieved_gflops'], '.0f'),
                       _fmt(o.get('frac_of_peak'), '.2f'), _fmt(o['peak_mem_mb'], '.0f'),
                       _fmt(f.get('peak_mem_mb'), '.0f'), _fmt(o['setup_s'], '.1f')]
         rows.append('| ' + ' | '.join(cells) + ' |')
@@ -350,6 +360,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f'from {", ".join(SETTINGS)}, each optionally with +alloc')
     parser.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     parser.add_argument('--iters', type=int, default=3, help='timed steps per implementation')
+    parser.add_argument('--baseline', action='store_true',
+                        help='also time our plain fp32 model in every worker (side-by-side speed-up)')
     parser.add_argument('--timeout', type=float, default=1800, help='seconds per worker')
     parser.add_argument('--json', type=Path, default=None, help='write the results here')
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
@@ -373,7 +385,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         if mode == 'train' and setting.split('+')[0] not in TRAIN_SETTINGS:
                             continue
                         cfg = dict(model=name, mode=mode, frames=frames, size=size, batch=batch,
-                                   setting=setting, device=device, iters=args.iters)
+                                   setting=setting, device=device, iters=args.iters,
+                                   baseline=args.baseline)
                         result = run_worker(cfg, args.timeout)
                         results.append(result)
                         status = result.get('error') or result.get('skipped') or \
