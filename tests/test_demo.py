@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from train.common.config import ConfigError
-from train.demo import demo_config, main
+from train.demo import binomial_se, demo_config, main
 
 
 def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
@@ -18,6 +19,8 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
     for name in ("fima", "moco", "random"):
         for key in ("linear_top1", "linear_top5", "retrieval_r1", "retrieval_r5", "retrieval_r10"):
             assert 0.0 <= results[name][key] <= 100.0, (name, key)
+        assert results[name]["test_videos"] == 2  # 2 held-out classes x 1 test video
+        assert results[name]["linear_top1_se"] == pytest.approx(binomial_se(results[name]["linear_top1"], 2), abs=0.01)
     for method in ("fima", "moco"):
         assert results[method]["pretrain_steps"] == 3  # 6 pretraining videos, batch 2, one epoch
         zoo = Path(results[method]["zoo_entry"])
@@ -37,3 +40,9 @@ def test_demo_config_refuses_overlapping_classes() -> None:
         demo_config(["data.probe_classes=[MoveLeft, MoveRight]"])
     cfg = demo_config(["probe.linear_epochs=5"], tiny=True)
     assert cfg["probe"]["linear_epochs"] == 5 and cfg["data"]["size"] == 32
+
+
+def test_binomial_se() -> None:
+    assert binomial_se(50.0, 100) == pytest.approx(5.0)
+    assert binomial_se(0.0, 10) == 0.0
+    assert math.isnan(binomial_se(30.0, 0))
