@@ -13,8 +13,8 @@ fixed rule derived from the measurements in ``benchmarks/models.py`` (see ``docs
   ``torch.channels_last_3d`` memory format, where oneDNN / cuDNN run without layout reorders.
 * **factorised convolutions as 2-D convolutions** (CPU): a ``Conv3d`` whose kernel is ``(1, kh, kw)``
   (spatial) or ``(kt, 1, 1)`` (temporal) becomes a :class:`Conv3dAs2d`. On a channels-last-3d
-  activation both are zero-copy views of a 2-D convolution, which oneDNN runs far faster than its
-  3-D path (the temporal ``3x1x1`` convs of R(2+1)D and S3D reach a few times the GFLOP/s).
+  activation both are zero-copy views of a 2-D convolution run by oneDNN's 2-D kernels; at batch 8
+  it measured level with oneDNN's channels-last 3-D path (see ``docs/performance.md``).
 * **torch.compile** (opt-in, or by rule where it measured faster), with inductor freezing so
   weights become constants and conv + activation fuse; compiled models are cached per
   (model, shape, device, plan), so the compile cost is paid once per process.
@@ -148,10 +148,10 @@ def plan_inference(
 ) -> InferencePlan:
     """The fast-inference plan for ``device`` (the rule measured by ``benchmarks/models.py``).
 
-    CPU: BatchNorm folding, channels-last-3d and factorised convs as 2-D convs are always faster
-    there; ``torch.compile`` is off unless asked for (see ``docs/performance.md``: on CPU it did not
-    beat the eager fast path by enough to pay its one-off compile time); the allocator setting is
-    recommended on Linux/glibc. CUDA: BatchNorm folding and channels-last-3d; cuDNN runs the
+    CPU: BatchNorm folding and channels-last-3d (1.6x on R(2+1)D-18, 2.8x on S3D at batch 8), and
+    factorised convs as 2-D convs (level with channels-last 3-D convs); ``torch.compile`` is off
+    unless asked for (on CPU it was slower than the eager fast path, after ~40 s of compile); the
+    allocator setting is recommended on Linux/glibc. CUDA: BatchNorm folding and channels-last-3d; cuDNN runs the
     factorised convs itself. Other devices: BatchNorm folding only.
 
     Args:
@@ -169,8 +169,8 @@ def plan_inference(
     if device.type == 'cpu':
         reasons += [
             'channels-last-3d: oneDNN convolutions run without NCDHW<->blocked reorders',
-            'conv-as-2d: (1,k,k) and (k,1,1) Conv3d run as zero-copy 2-D convs (oneDNN 2-D kernels are '
-            'several times faster for the temporal (k,1,1) convs)',
+            'conv-as-2d: (1,k,k) and (k,1,1) Conv3d run as zero-copy 2-D convs on oneDNN 2-D kernels '
+            '(measured level with channels-last 3-D convs at batch 8)',
         ]
         use_compile = bool(compile)
         reasons.append('compile: asked for' if compile else
