@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import fima_models
 from fima_models import features
