@@ -24,6 +24,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from fima_models.features import cpu_has_native_bf16
+
 __all__ = [
     "PRECISIONS",
     "cpu_has_native_bf16",
@@ -34,19 +36,6 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU executes bf16 natively (AMX or AVX512-BF16), as reported by torch."""
-    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
-    if "AMX" in capability:
-        return True
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
