@@ -58,9 +58,8 @@ def _unknown(name: str, candidates: List[str]) -> UnknownModelError:
 
 def _check_registered(name: str) -> None:
     arch, tag = _split_tag(name)
-    known = list_models() + list(MODEL_ALIASES)
     if not _is_video_model(arch):
-        raise _unknown(name, known + list_pretrained())
+        raise _unknown(name, list_models() + list(MODEL_ALIASES) + list_pretrained())
     if tag and name not in list_pretrained(f'{arch}.*'):
         raise _unknown(name, list_pretrained(f'{arch}.*'))
 
