@@ -3,26 +3,32 @@
 - :class:`Projector` -- two 1x1x1 convolutions ``C -> hidden (1024) -> ReLU -> out (128)``. Applied
   to the time-and-space average of a map it gives one embedding per clip (``pooled``); applied
   to every ``(t, h, w)`` cell it gives dense embeddings (``dense``).
-- :class:`MotionDecoder` -- predicts clip n's motion from clip m's appearance features: 1x1 conv
-  ``C -> d`` on both maps' cells, 2-D sine positional encoding, a learnable cls token (plus a
-  learnable per-segment embedding, see below), a pre-norm TransformerDecoder (target: ``[cls;
-  tokens of m at t]``, memory: tokens of n at t), and a 1x1 conv ``d -> C`` back to backbone
-  width, so the projector turns its outputs into motion embeddings.
+- :class:`MotionDecoder` -- predicts clip n's motion at one temporal index from the query-encoder
+  features of clips m and n at that index, as the FIMA authors' decoder does: a 1x1 conv ``C -> d``
+  on every cell, the 1-D sinusoidal encoding of the token index added to the cell tokens, target
+  ``[cls; tokens of m]`` (cls: one learnable vector, zero-initialised, no position encoding),
+  memory ``tokens of n``, pre-norm layers of cross-attention + feed-forward **without
+  self-attention** and without a final LayerNorm, then a 1x1 conv ``d -> C`` back to backbone
+  width (the projector turns the outputs into motion embeddings).
 
-The per-segment embedding added to the cls token tells the decoder which local segment it
-predicts. With a backbone map of ``T' = 2`` it is redundant with the temporal index (the inputs
-already differ); with ``T' = 1`` (short clips, small test backbones) both segments would
-otherwise receive identical inputs and could never be told apart.
+Without self-attention every output token depends only on itself and the memory: the cls output
+is a function of n's tokens alone, and each predicted cell of m attends to n's cells only.
+
+Option (off by default, not in the authors' method): ``segment_embedding`` adds a learnable
+per-segment vector to the cls token. It only matters for backbone maps with one temporal index
+(``T' = 1``), where both local segments are decoded from identical inputs and could otherwise never
+be told apart; with ``T' = 2`` the inputs already differ.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Projector", "MotionDecoder", "sine_position_encoding"]
+__all__ = ["Projector", "MotionDecoder", "CrossAttentionLayer", "sinusoidal_position_encoding"]
 
 
 class Projector(nn.Module):
@@ -59,48 +65,77 @@ class Projector(nn.Module):
         return self.pooled(fmap)
 
 
-def sine_position_encoding(height: int, width: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """2-D sine/cosine position encoding (DETR style) of an ``height x width`` grid.
+def sinusoidal_position_encoding(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """The standard 1-D sinusoidal encoding of the token indices ``p = 0 .. length - 1``.
 
-    Half the channels encode the row, half the column; each half is ``[sin(p * f_k), cos(p * f_k)]``
-    with ``p`` the normalised position ``(index + 0.5) / size * 2 pi`` and frequencies
-    ``f_k = 10000 ** (-2k / (dim / 2))``.
+    Channel ``2i`` is ``sin(p / 10000 ** (2i / dim))``, channel ``2i + 1`` the cosine of the same
+    argument (computed in float32 in this order, so the numbers equal the FIMA authors' table).
 
     Args:
-        height: rows H.
-        width: columns W.
-        dim: encoding width (divisible by 4).
+        length: number of tokens.
+        dim: encoding width (even).
         device: output device.
 
     Returns:
-        ``(H * W, dim)`` float tensor, row-major cells.
+        ``(length, dim)`` float32 tensor.
 
     Raises:
-        ValueError: if ``dim`` is not divisible by 4.
+        ValueError: if ``dim`` is odd.
     """
-    if dim % 4:
-        raise ValueError(f"positional encoding width must be divisible by 4, got {dim}; change decoder.dim")
-    quarter = dim // 4
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 * math.pi
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 * math.pi
-    ey = torch.cat([torch.sin(ys[:, None] * freqs), torch.cos(ys[:, None] * freqs)], dim=1)  # (H, dim/2)
-    ex = torch.cat([torch.sin(xs[:, None] * freqs), torch.cos(xs[:, None] * freqs)], dim=1)  # (W, dim/2)
-    grid = torch.cat([ey[:, None, :].expand(height, width, -1), ex[None, :, :].expand(height, width, -1)], dim=-1)
-    return grid.reshape(height * width, dim)
+    if dim % 2:
+        raise ValueError(f"the position encoding needs an even width, got decoder.dim={dim}; use an even decoder.dim")
+    angles = torch.arange(length, dtype=torch.float32, device=device)[:, None] / torch.pow(
+        10000.0, torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim
+    )
+    enc = torch.empty(length, dim, dtype=torch.float32, device=device)
+    enc[:, 0::2] = torch.sin(angles)
+    enc[:, 1::2] = torch.cos(angles)
+    return enc
+
+
+class CrossAttentionLayer(nn.Module):
+    """One pre-norm decoder layer without self-attention.
+
+    ``x = x + Dropout(CrossAttention(LN(x), memory))``; ``x = x + Dropout(FFN(LN(x)))`` with
+    ``FFN = Linear -> ReLU -> Dropout -> Linear``. The attention weights get dropout too.
+
+    Args:
+        dim: token width d.
+        heads: attention heads.
+        ffn_dim: feed-forward hidden width.
+        dropout: dropout probability.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn_drop = nn.Dropout(dropout)
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn_in = nn.Linear(dim, ffn_dim)
+        self.ffn_drop = nn.Dropout(dropout)
+        self.ffn_out = nn.Linear(ffn_dim, dim)
+        self.out_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, L, d)`` target tokens, ``memory``: ``(B, M, d)``; returns ``(B, L, d)``."""
+        x = x + self.attn_drop(self.cross_attn(self.attn_norm(x), memory, memory, need_weights=False)[0])
+        return x + self.out_drop(self.ffn_out(self.ffn_drop(F.relu(self.ffn_in(self.ffn_norm(x))))))
 
 
 class MotionDecoder(nn.Module):
-    """Predict clip n's dense and segment-level motion features from clip m's features.
+    """Predict clip n's segment and dense motion at one temporal index from clips m and n.
 
     Args:
         in_dim: backbone channels C.
         dim: decoder width d (512 in FIMA).
         heads: attention heads (4).
         ffn_dim: feed-forward width (512).
-        layers: decoder layers (2).
+        layers: decoder layers (2); they start as copies of one initialised layer, as in the
+            authors' code (and ``nn.TransformerDecoder``).
         dropout: dropout (0.1).
-        num_segments: local segments per clip (2); each has its own cls offset.
+        segment_embedding: add a learnable per-segment vector to cls (option, see module docstring).
+        num_segments: local segments per clip (2), the rows of the segment embedding.
     """
 
     def __init__(
@@ -111,49 +146,55 @@ class MotionDecoder(nn.Module):
         ffn_dim: int = 512,
         layers: int = 2,
         dropout: float = 0.1,
+        segment_embedding: bool = False,
         num_segments: int = 2,
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"decoder.dim {dim} must be divisible by decoder.heads {heads}")
         self.dim = dim
-        self.num_segments = num_segments
-        self.in_proj = nn.Conv2d(in_dim, dim, kernel_size=1)
+        self.embed_in = nn.Conv2d(in_dim, dim, kernel_size=1)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.segment_embed = nn.Parameter(torch.zeros(num_segments, dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.segment_embed, std=0.02)
-        layer = nn.TransformerDecoderLayer(
-            d_model=dim, nhead=heads, dim_feedforward=ffn_dim, dropout=dropout, batch_first=True, norm_first=True
-        )
-        self.decoder = nn.TransformerDecoder(layer, num_layers=layers, norm=nn.LayerNorm(dim))
-        self.out_proj = nn.Conv2d(dim, in_dim, kernel_size=1)
+        self.segment_embed: nn.Parameter | None = None
+        if segment_embedding:
+            self.segment_embed = nn.Parameter(torch.zeros(num_segments, dim))
+            nn.init.trunc_normal_(self.segment_embed, std=0.02)
+        layer = CrossAttentionLayer(dim, heads, ffn_dim, dropout)
+        self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(layers)])
+        self.embed_out = nn.Conv2d(dim, in_dim, kernel_size=1)
 
     def _tokens(self, fmap: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = fmap.shape
-        x = self.in_proj(fmap).flatten(2).transpose(1, 2)  # (B, HW, d)
-        return x + sine_position_encoding(h, w, self.dim, fmap.device).to(x.dtype)[None]
+        x = self.embed_in(fmap).flatten(2).transpose(1, 2)  # (B, HW, d), row-major cells
+        return x + sinusoidal_position_encoding(x.shape[1], self.dim, fmap.device).to(x.dtype)[None]
 
     def forward(
-        self, source: torch.Tensor, memory: torch.Tensor, segment: torch.Tensor
+        self, source: torch.Tensor, memory: torch.Tensor, segment: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode a batch of (source, memory) pairs.
 
         Args:
             source: ``(B, C, H, W)`` query-encoder features of clip m at one temporal index.
             memory: ``(B, C, H, W)`` query-encoder features of clip n at the same index.
-            segment: ``(B,)`` long, the local segment each row predicts.
+            segment: ``(B,)`` long, the local segment each row predicts; used only with
+                ``segment_embedding``.
 
         Returns:
             ``(cls, cells)``: ``(B, C)`` segment prediction and ``(B, C, H, W)`` dense prediction,
             both in backbone width (apply the projector next).
+
+        Raises:
+            ValueError: if the decoder has a segment embedding and ``segment`` is None.
         """
-        b, c, h, w = source.shape
+        b, _, h, w = source.shape
         tgt = self._tokens(source)
         mem = self._tokens(memory)
-        cls = self.cls_token.expand(b, -1, -1) + self.segment_embed[segment][:, None, :].to(tgt.dtype)
-        out = self.decoder(torch.cat([cls.to(tgt.dtype), tgt], dim=1), mem)
-        cls_out = out[:, 0]
-        cells = out[:, 1:].transpose(1, 2).reshape(b, self.dim, h, w)
-        cls_c = self.out_proj(cls_out[:, :, None, None]).flatten(1)
-        return cls_c, self.out_proj(cells)
+        cls = self.cls_token.to(tgt.dtype).expand(b, -1, -1)
+        if self.segment_embed is not None:
+            if segment is None:
+                raise ValueError("this decoder has a segment embedding: pass the segment index of every row")
+            cls = cls + self.segment_embed[segment][:, None, :].to(tgt.dtype)
+        x = torch.cat([cls, tgt], dim=1)
+        for layer in self.layers:
+            x = layer(x, mem)
+        out = self.embed_out(x.transpose(1, 2)[:, :, :, None])[:, :, :, 0]  # (B, C, 1 + HW)
+        return out[:, :, 0], out[:, :, 1:].reshape(b, -1, h, w)

@@ -1,33 +1,38 @@
 """FIMA's losses, foreground mask and crop-box geometry as small, separately testable functions.
 
+Every function computes what the FIMA authors' code computes (github.com/ZMHH-H/FIMA,
+``moco/builder.py`` and ``moco/loss.py``); docs/pretraining.md ("Fidelity") lists the checks.
 All embeddings passed in are assumed L2-normalised along their feature axis; all losses are
-InfoNCE with a temperature (0.1 in FIMA) and computed in float32.
+computed in float32 with a temperature (0.1 in FIMA).
 
-- :func:`info_nce` -- one positive per query, shared negatives (queue). Used by the global loss.
-- :func:`info_nce_multi_positive` -- any number of positives per query, explicit negative mask.
-  Used by the dense loss.
-- :func:`global_instance_loss` -- q of clip m vs key of clip n (and symmetric), queue negatives.
+- :func:`info_nce` -- one positive per query, shared negatives (a queue).
+- :func:`global_instance_loss` -- q of m against the key of n, then q of n against the key of m,
+  n's keys enqueued in between.
 - :func:`foreground_mask` -- RGB + frame-difference key-map saliency, cells above the median.
 - :func:`cell_centers`, :func:`cell_diagonals`, :func:`dense_positive_mask` -- which cells of two
   crops of the same video show the same place.
-- :func:`dense_motion_loss` -- pixel-level motion alignment.
-- :func:`frame_motion_loss` -- frame(segment)-level motion alignment.
+- :func:`dense_motion_loss` -- pixel-level motion alignment (one direction, one time index).
+- :func:`frame_motion_loss` -- frame(segment)-level motion alignment (one direction).
 
 Coordinates: a crop box is ``(x1, y1, x2, y2)`` in [0, 1] coordinates of the source frame; a
 horizontally flipped view has ``x1 > x2`` (the view's left edge maps to ``x1``). The centre of
-cell ``(r, c)`` of an ``H x W`` feature grid is ``x = x1 + (c + 0.5) / W * (x2 - x1)``,
-``y = y1 + (r + 0.5) / H * (y2 - y1)``, so flips are handled by the sign of ``x2 - x1``.
+cell ``(r, c)`` of an ``H x W`` feature grid is ``x = (c + 0.5) * (x2 - x1) / W + x1``,
+``y = (r + 0.5) * (y2 - y1) / H + y1``, so flips are handled by the sign of ``x2 - x1``.
 Distances are measured in these normalised source coordinates.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+from train.common.distributed import all_gather_cat
+from train.fima.momentum import FeatureQueue
+
 __all__ = [
     "info_nce",
-    "info_nce_multi_positive",
     "global_instance_loss",
     "foreground_mask",
     "cell_centers",
@@ -36,6 +41,11 @@ __all__ = [
     "dense_motion_loss",
     "frame_motion_loss",
 ]
+
+#: The authors' dense loss returns ``-log(S / (S + 1e-3))`` (S: the summed exponentiated
+#: similarities of a sample's own key cells) for a term in which no sample has a positive pair:
+#: almost 0, with a tiny gradient. We return the same number.
+NO_POSITIVE_EPS = 1e-3
 
 
 def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None, temperature: float) -> torch.Tensor:
@@ -59,55 +69,40 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
     return F.cross_entropy(logits / temperature, target)
 
 
-def info_nce_multi_positive(
-    logits: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """InfoNCE where each query may have several positives and an explicit set of negatives.
-
-    For every positive pair ``(i, j)``:
-    ``l_ij = -log( exp(s_ij) / (exp(s_ij) + sum_{k in neg(i)} exp(s_ik)) )``;
-    a query's loss is the mean over its positives; queries without positives are skipped.
-
-    Args:
-        logits: ``(Q, K)`` similarities already divided by the temperature.
-        pos_mask: ``(Q, K)`` bool, positives.
-        neg_mask: ``(Q, K)`` bool, negatives (must not overlap ``pos_mask``).
-
-    Returns:
-        ``(loss_sum, count)``: the sum of per-query losses over queries that have positives, and
-        how many such queries there are (float tensors; divide for the mean).
-    """
-    logits = logits.float()
-    neg_inf = torch.finfo(logits.dtype).min
-    neg_lse = torch.logsumexp(logits.masked_fill(~neg_mask, neg_inf), dim=1, keepdim=True)
-    no_neg = ~neg_mask.any(dim=1, keepdim=True)
-    # log(exp(s) + sum_neg exp) ; without negatives the pair loss is exactly 0
-    denom = torch.where(no_neg, logits, torch.logaddexp(logits, neg_lse))
-    pair_loss = (denom - logits) * pos_mask
-    n_pos = pos_mask.sum(dim=1).to(logits.dtype)
-    valid = n_pos > 0
-    # masked arithmetic instead of boolean indexing: no host-device synchronisation on GPUs
-    per_query = torch.where(valid, pair_loss.sum(dim=1) / n_pos.clamp_min(1.0), torch.zeros_like(n_pos))
-    return per_query.sum(), valid.sum().to(logits.dtype)
-
-
 def global_instance_loss(
-    q_m: torch.Tensor, q_n: torch.Tensor, k_m: torch.Tensor, k_n: torch.Tensor, queue: torch.Tensor | None, temperature: float
+    q_m: torch.Tensor,
+    q_n: torch.Tensor,
+    k_m: torch.Tensor,
+    k_n: torch.Tensor,
+    queue: FeatureQueue | None,
+    temperature: float,
+    gather: Callable[[torch.Tensor], torch.Tensor] = all_gather_cat,
 ) -> torch.Tensor:
-    """Global instance loss: q of clip m against the key of clip n (and n against m), queue negatives.
+    """Global instance loss in the authors' order; **updates the queue**.
+
+    ``InfoNCE(q_m, k_n, queue)``; then n's keys (gathered from all processes) are enqueued; then
+    ``InfoNCE(q_n, k_m, queue)`` (its negatives include this batch's n keys); then m's keys are
+    enqueued. Returns the mean of the two directions.
 
     Args:
         q_m: ``(N, D)`` queries of clips m.
         q_n: ``(N, D)`` queries of clips n.
         k_m: ``(N, D)`` momentum keys of clips m.
         k_n: ``(N, D)`` momentum keys of clips n.
-        queue: ``(K, D)`` negative keys, or None.
+        queue: the key queue (None: no negatives, nothing enqueued).
         temperature: tau.
+        gather: collects keys from all processes before they are enqueued.
 
     Returns:
         Scalar: mean of the two directions.
     """
-    return 0.5 * (info_nce(q_m, k_n, queue, temperature) + info_nce(q_n, k_m, queue, temperature))
+    loss_mn = info_nce(q_m, k_n, queue.keys if queue is not None else None, temperature)
+    if queue is not None:
+        queue.enqueue(gather(k_n))
+    loss_nm = info_nce(q_n, k_m, queue.keys if queue is not None else None, temperature)
+    if queue is not None:
+        queue.enqueue(gather(k_m))
+    return 0.5 * (loss_mn + loss_nm)
 
 
 def foreground_mask(rgb_map: torch.Tensor, diff_map: torch.Tensor) -> torch.Tensor:
@@ -128,7 +123,7 @@ def foreground_mask(rgb_map: torch.Tensor, diff_map: torch.Tensor) -> torch.Tens
     """
     if rgb_map.shape[0] != diff_map.shape[0] or rgb_map.shape[-2:] != diff_map.shape[-2:]:
         raise ValueError(f"RGB and difference maps must share batch and grid, got {tuple(rgb_map.shape)} and {tuple(diff_map.shape)}")
-    score = rgb_map.float().mean(dim=(1, 2)) + diff_map.float().mean(dim=(1, 2))
+    score = rgb_map.float().mean(dim=1).mean(dim=1) + diff_map.float().mean(dim=1).mean(dim=1)
     median = score.flatten(1).median(dim=1).values
     return score > median[:, None, None]
 
@@ -145,23 +140,22 @@ def cell_centers(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
         ``(N, H * W, 2)`` ``(x, y)`` centres, cells in row-major order.
     """
     boxes = boxes.float()
-    ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) / width
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    gx = gx.reshape(1, -1)
-    gy = gy.reshape(1, -1)
-    x1, y1, x2, y2 = (boxes[:, i : i + 1] for i in range(4))
-    cx = x1 + gx * (x2 - x1)
-    cy = y1 + gy * (y2 - y1)
-    return torch.stack([cx, cy], dim=-1)
+    cols = torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5
+    rows = torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5
+    bin_w = ((boxes[:, 2] - boxes[:, 0]) / width)[:, None, None]
+    bin_h = ((boxes[:, 3] - boxes[:, 1]) / height)[:, None, None]
+    cx = cols[None, None, :] * bin_w + boxes[:, 0, None, None]  # (N, 1, W)
+    cy = rows[None, :, None] * bin_h + boxes[:, 1, None, None]  # (N, H, 1)
+    grid = torch.stack(torch.broadcast_tensors(cx, cy), dim=-1)  # (N, H, W, 2)
+    return grid.reshape(boxes.shape[0], height * width, 2)
 
 
 def cell_diagonals(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Diagonal length of one grid cell of each crop, in source coordinates: ``(N,)``."""
     boxes = boxes.float()
-    w = (boxes[:, 2] - boxes[:, 0]).abs() / width
-    h = (boxes[:, 3] - boxes[:, 1]).abs() / height
-    return torch.sqrt(w * w + h * h)
+    w = (boxes[:, 2] - boxes[:, 0]) / width
+    h = (boxes[:, 3] - boxes[:, 1]) / height
+    return torch.sqrt(w**2 + h**2)
 
 
 def dense_positive_mask(
@@ -176,8 +170,8 @@ def dense_positive_mask(
     """Positive cell pairs between two views of the same video.
 
     Cell ``i`` of the query view and cell ``j`` of the key view are positive when the distance of
-    their centres in source coordinates is below ``ratio`` x the larger of the two views' cell
-    diagonals, and both cells are foreground.
+    their centres in source coordinates, divided by the larger of the two views' cell diagonals,
+    is below ``ratio``, and both cells are foreground.
 
     Args:
         boxes_q: ``(N, 4)`` crop boxes of the query views.
@@ -193,9 +187,11 @@ def dense_positive_mask(
     """
     cq = cell_centers(boxes_q, height, width)
     ck = cell_centers(boxes_k, height, width)
-    dist = torch.cdist(cq, ck)
-    thresh = ratio * torch.maximum(cell_diagonals(boxes_q, height, width), cell_diagonals(boxes_k, height, width))
-    pos = dist < thresh[:, None, None]
+    # explicit differences, not torch.cdist (whose matmul path is less exact near the threshold)
+    delta = cq[:, :, None, :] - ck[:, None, :, :]
+    dist = torch.sqrt(delta[..., 0] ** 2 + delta[..., 1] ** 2)
+    max_diag = torch.maximum(cell_diagonals(boxes_q, height, width), cell_diagonals(boxes_k, height, width))
+    pos = dist / max_diag[:, None, None] < ratio
     if fg_q is not None:
         pos = pos & fg_q.flatten(1)[:, :, None]
     if fg_k is not None:
@@ -210,13 +206,19 @@ def dense_motion_loss(
     pos_pairs: torch.Tensor,
     queue: torch.Tensor | None,
     temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Pixel-level motion loss for one direction (m -> n) and one temporal index t.
 
-    Every predicted cell ``(b, i)`` is a query; candidates are all dense keys of the batch at all
-    time indices (``keys`` flattened) plus the dense queue. Its positives are the cells ``j`` of
-    its own sample at time ``t_index`` with ``pos_pairs[b, i, j]``; every other candidate is a
-    negative.
+    For predicted cell ``i`` of sample ``b``, with ``s_ic = pred[b, :, i] . c / tau``::
+
+        l_bi = -log( sum_{j in P(b, i)} exp(s_ij) / sum_{c in candidates} exp(s_ic) )
+
+    ``P(b, i)``: the cells ``j`` of ``keys[b, t_index]`` with ``pos_pairs[b, i, j]``; candidates:
+    the keys of every sample at every time index (positives included) plus the queue. A sample's
+    loss is the mean of ``l_bi`` over its cells with at least one positive; the term is the mean
+    over the samples that have any positive. When no sample has one, the term is the authors'
+    near-zero ``mean_b -log(S_b / (S_b + 1e-3))``, ``S_b = sum_{i, j} exp(s_ij)`` over the own
+    sample's cells at ``t_index``.
 
     Args:
         pred: ``(N, D, H, W)`` predicted dense motion of clip n (in m's grid), normalised over D.
@@ -227,23 +229,28 @@ def dense_motion_loss(
         temperature: tau.
 
     Returns:
-        ``(loss_sum, count)`` over query cells that have positives (see :func:`info_nce_multi_positive`).
+        Scalar loss of this term.
     """
     n, d, h, w = pred.shape
-    t = keys.shape[1]
     hw = h * w
-    queries = pred.float().permute(0, 2, 3, 1).reshape(n * hw, d)
-    cand = keys.float().permute(0, 1, 3, 4, 2).reshape(n * t * hw, d)
+    queries = pred.float().flatten(2).transpose(1, 2)  # (N, HW, D)
+    own = keys[:, t_index].float().flatten(2)  # (N, D, HW)
+    own_logits = torch.bmm(queries, own) / temperature  # (N, HW, HW)
+    cand = keys.float().permute(0, 1, 3, 4, 2).reshape(-1, d)  # every sample, every time index
     if queue is not None and queue.numel():
         cand = torch.cat([cand, queue.float()], dim=0)
-    logits = queries @ cand.t() / temperature
-    pos = torch.zeros(n, hw, n, t, hw, dtype=torch.bool, device=pred.device)
-    idx = torch.arange(n, device=pred.device)
-    pos[idx, :, idx, t_index, :] = pos_pairs
-    pos = pos.reshape(n * hw, n * t * hw)
-    if cand.shape[0] > pos.shape[1]:
-        pos = torch.cat([pos, pos.new_zeros(n * hw, cand.shape[0] - pos.shape[1])], dim=1)
-    return info_nce_multi_positive(logits, pos, ~pos)
+    all_lse = torch.logsumexp(queries.reshape(n * hw, d) @ cand.t() / temperature, dim=1).reshape(n, hw)
+    has_pos = pos_pairs.any(dim=2)  # (N, HW)
+    pos_lse = torch.logsumexp(own_logits.masked_fill(~pos_pairs, torch.finfo(torch.float32).min), dim=2)
+    cell_loss = torch.where(has_pos, all_lse - pos_lse, torch.zeros_like(all_lse))
+    cells = has_pos.sum(dim=1).float()  # (N,)
+    valid = cells > 0
+    per_sample = cell_loss.sum(dim=1) / cells.clamp_min(1.0)
+    n_valid = valid.sum().float()
+    loss = torch.where(valid, per_sample, torch.zeros_like(per_sample)).sum() / n_valid.clamp_min(1.0)
+    # masked arithmetic instead of a data-dependent branch: no host-device synchronisation on GPUs
+    no_positive = torch.log1p(NO_POSITIVE_EPS * torch.exp(-torch.logsumexp(own_logits.flatten(1), dim=1))).mean()
+    return torch.where(n_valid > 0, loss, no_positive)
 
 
 def frame_motion_loss(
@@ -256,9 +263,9 @@ def frame_motion_loss(
     """Frame-level (segment) motion loss for one direction m -> n.
 
     The query for segment ``s`` of sample ``b`` is the decoder's predicted cls ``pred[b, s]``; its
-    positive is n's local motion key ``target_local[b, s]``. Negatives: every other local key of the
-    batch -- n's other segment, the other samples' segments, all of m's local keys -- and the
-    motion queue.
+    positive is n's local motion key ``target_local[b, s]``. Negatives: n's other segments of
+    **every** sample, m's segments of every sample, and the motion queue; the target segment ``s``
+    of the other samples is not a candidate. One cross-entropy per segment, averaged.
 
     Args:
         pred: ``(N, S, D)`` predicted local motion keys of n (S = 2 segments).
@@ -270,11 +277,13 @@ def frame_motion_loss(
     Returns:
         Scalar mean loss over the ``N * S`` queries.
     """
-    n, s, d = pred.shape
-    queries = pred.float().reshape(n * s, d)
-    cand = torch.cat([target_local.float().reshape(n * s, d), source_local.float().reshape(n * s, d)], dim=0)
+    s_count, d = pred.shape[1], pred.shape[2]
+    target = target_local.float()
+    shared = [source_local.float().reshape(-1, d)]
     if queue is not None and queue.numel():
-        cand = torch.cat([cand, queue.float()], dim=0)
-    logits = queries @ cand.t() / temperature
-    target = torch.arange(n * s, device=pred.device)
-    return F.cross_entropy(logits, target)
+        shared.append(queue.float())
+    terms = []
+    for s in range(s_count):
+        others = target[:, [o for o in range(s_count) if o != s]].reshape(-1, d)
+        terms.append(info_nce(pred[:, s], target[:, s], torch.cat([others, *shared], dim=0), temperature))
+    return torch.stack(terms).mean()

@@ -6,17 +6,27 @@ copy f_k, the projector P and its EMA P_k, the motion decoder (FIMA only) and th
 views and returns the loss terms; :meth:`FimaPretrainer.momentum_update` is called by the
 training loop once per optimizer step, before the step's first forward.
 
+With the defaults, and a backbone map with two temporal indices (16-frame views of
+R(2+1)D-18, R3D-18, I3D, S3D), one step computes the FIMA authors' step (github.com/ZMHH-H/FIMA,
+``moco/builder.py``): the same encoder calls (hence the same BatchNorm batches), decoder, losses,
+averaging and queue order. docs/pretraining.md ("Fidelity") lists what was compared.
+
 Batch layout (N videos, two clips m and n each, S x S pixels, L/2 frames per view)::
 
     rgb_global  (N, 2, 3, L/2, S, S)      diff_global (N, 2, 3, L/2, S, S)
     diff_local  (N, 2, 2, 3, L/2, S, S)   boxes       (N, 2, 4)
 
-Temporal indices. The decoder works per temporal index t of the backbone map and local segment
-t (DESIGN: 2 segments). The query map and the dense keys are brought to ``T_d`` indices:
-``T' = 2`` is used as is, ``T' > 2`` is average-pooled to 2 (each index then covers one half
-of the clip, like the segments), ``T' = 1`` stays 1 and both segments use that single index
-(the cls token's segment embedding tells them apart; the dense loss of both segments then
-targets the same keys). Segment ``s`` uses index ``s * T_d // 2``.
+Encoder calls, one view type over the batch each (BatchNorm statistics per view type): per clip
+(m, then n) f_k(RGB global), f_k(diff global), f_k(diff local 1), f_k(diff local 2); then f_q(m),
+f_q(n). MoCo runs only f_k(RGB global) per clip and the two f_q calls.
+
+Temporal indices. The decoder works per temporal index t of the backbone map, and local segment
+s is predicted at index ``s * T_d // 2``. The authors' case is ``T' = 2`` (``T_d = 2``: segment s at
+index s). Generalisations (not in the authors' code, which requires ``T' = 2``): ``T' > 2`` is
+average-pooled over time to 2 indices (query map and difference key map; each index then covers
+one half of the clip, like the segments); ``T' = 1`` stays 1, both segments are decoded from that
+index (identical predictions unless ``decoder.segment_embedding`` is on) and the dense loss of
+both targets the same keys.
 
 MoCo baseline (``method="moco"``): the same pipeline with the global loss only; no decoder,
 and the difference views are not encoded.
@@ -25,7 +35,7 @@ and the difference views are not encoded.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,21 +58,33 @@ __all__ = ["FimaPretrainer", "DEFAULT_FIMA_CONFIG", "METHODS"]
 METHODS = ("fima", "moco")
 NUM_SEGMENTS = 2
 
-#: Defaults of the ``fima`` config section (the paper's values; UCF101 queue sizes).
+#: Defaults of the ``fima`` config section: the authors' values (UCF101 queue sizes). Options that
+#: change the method (``dense_queue_keys_per_clip > 0``, ``decoder.segment_embedding``,
+#: ``key_bn_splits > 1``) are off.
 DEFAULT_FIMA_CONFIG: dict[str, Any] = {
     "temperature": 0.1,
     "momentum": 0.999,
     "embed_dim": 128,
     "proj_hidden": 1024,
-    "key_bn_splits": 2,
+    "key_bn_splits": 1,
     "queue_size": 2240,
     "motion_queue_size": 2240,
     "dense_queue_size": 0,
-    "dense_queue_keys_per_clip": 16,
+    "dense_queue_keys_per_clip": 0,
     "dense_pos_ratio": 0.7,
     "loss_weights": {"global": 1.0, "dense": 1.0, "frame": 1.0},
-    "decoder": {"dim": 512, "heads": 4, "ffn_dim": 512, "layers": 2, "dropout": 0.1},
+    "decoder": {"dim": 512, "heads": 4, "ffn_dim": 512, "layers": 2, "dropout": 0.1, "segment_embedding": False},
 }
+
+
+class ClipKeys(NamedTuple):
+    """Key-side outputs for one clip of every sample (no gradient)."""
+
+    rgb_map: torch.Tensor  #: (N, C, T', H, W) f_k map of the RGB global view
+    key: torch.Tensor  #: (N, D) pooled, projected, normalised RGB key
+    diff_map: torch.Tensor | None  #: (N, C, T', H, W) f_k map of the difference global view
+    dense: torch.Tensor | None  #: (N, D, T_d, H, W) normalised dense motion keys
+    local: torch.Tensor | None  #: (N, S, D) normalised local (segment) motion keys
 
 
 class FimaPretrainer(nn.Module):
@@ -76,7 +98,8 @@ class FimaPretrainer(nn.Module):
             encoders' weights with :func:`train.common.precision.to_channels_last_3d` too).
 
     Raises:
-        ValueError: for an unknown method or an encoder without ``forward_features``/``num_features``.
+        ValueError: for an unknown method, an encoder without ``forward_features``/``num_features``
+            or a negative ``dense_queue_keys_per_clip``.
     """
 
     def __init__(
@@ -97,6 +120,10 @@ class FimaPretrainer(nn.Module):
         self.pos_ratio = float(c["dense_pos_ratio"])
         self.weights = {k: float(v) for k, v in c["loss_weights"].items()}
         self.dense_keys_per_clip = int(c["dense_queue_keys_per_clip"])
+        if self.dense_keys_per_clip < 0:
+            raise ValueError(
+                f"fima.dense_queue_keys_per_clip must be >= 0 (0: every cell, as the authors), got {self.dense_keys_per_clip}"
+            )
         feat = int(encoder.num_features)
         dim = int(c["embed_dim"])
 
@@ -119,6 +146,7 @@ class FimaPretrainer(nn.Module):
                 ffn_dim=int(d["ffn_dim"]),
                 layers=int(d["layers"]),
                 dropout=float(d["dropout"]),
+                segment_embedding=bool(d["segment_embedding"]),
                 num_segments=NUM_SEGMENTS,
             )
             if int(c["motion_queue_size"]) > 0:
@@ -155,7 +183,7 @@ class FimaPretrainer(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Compute the loss terms for one batch.
+        """Compute the loss terms for one batch (and update the queues, as the authors' step does).
 
         Args:
             batch: collated views (see module docstring); tensors already on the model's device.
@@ -166,114 +194,108 @@ class FimaPretrainer(nn.Module):
             with at least one positive) and ``fg_frac`` (foreground fraction).
         """
         rgb = batch["rgb_global"]
-        n = rgb.shape[0]
-        x = torch.cat([rgb[:, 0], rgb[:, 1]], dim=0)  # (2N, 3, T, S, S): all m, then all n
-        qmap = self.encoder_q.forward_features(self._layout(x))
-        q = F.normalize(self.projector.pooled(qmap).float(), dim=1)
-        with torch.no_grad():
-            kmap_rgb = self._encode_keys(x)
-            k = F.normalize(self.projector_k.pooled(kmap_rgb).float(), dim=1)
-        q_m, q_n = q[:n], q[n:]
-        k_m, k_n = k[:n], k[n:]
-        loss_global = global_instance_loss(q_m, q_n, k_m, k_n, self.queue.keys, self.temperature)
+        keys = [self._clip_keys(batch, clip) for clip in range(2)]  # all of m's key views, then n's
+        qmaps = [self.encoder_q.forward_features(self._layout(rgb[:, clip])) for clip in range(2)]
+        q_m, q_n = (F.normalize(self.projector.pooled(qmap).float(), dim=1) for qmap in qmaps)
+        loss_global = global_instance_loss(q_m, q_n, keys[0].key, keys[1].key, self.queue, self.temperature)
         out: dict[str, torch.Tensor] = {"loss_global": loss_global}
         total = self.weights.get("global", 1.0) * loss_global
-
         if self.method == "fima":
-            extra, enqueue_motion, enqueue_dense = self._fima_terms(batch, qmap, kmap_rgb, n)
-            total = total + self.weights.get("dense", 1.0) * extra["loss_dense"] + self.weights.get("frame", 1.0) * extra[
-                "loss_frame"
-            ]
+            extra = self._fima_terms(batch, qmaps, keys)
+            total = total + self.weights.get("dense", 1.0) * extra["loss_dense"]
+            total = total + self.weights.get("frame", 1.0) * extra["loss_frame"]
             out.update(extra)
-            if self.motion_queue is not None:
-                self.motion_queue.enqueue(all_gather_cat(enqueue_motion))
-            if self.dense_queue is not None:
-                self.dense_queue.enqueue(all_gather_cat(enqueue_dense))
-        self.queue.enqueue(all_gather_cat(k))
         out["loss"] = total
         return out
 
-    def _fima_terms(
-        self, batch: Mapping[str, torch.Tensor], qmap: torch.Tensor, kmap_rgb: torch.Tensor, n: int
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        assert self.decoder is not None
-        diff = batch["diff_global"]
-        local = batch["diff_local"]  # (N, clip, segment, 3, T, S, S)
-        boxes = batch["boxes"].float()  # (N, 2, 4)
-        with torch.no_grad():
-            # all difference views (2N global, then 4N local ordered (clip, segment, sample)) in one
-            # shuffled key-encoder pass: one BatchNorm population of difference images, fewer launches
-            lx = local.permute(1, 2, 0, *range(3, local.dim())).reshape(-1, *local.shape[3:])
-            kmap_all = self._encode_keys(torch.cat([diff[:, 0], diff[:, 1], lx], dim=0))
-            kmap_diff, kmap_local = kmap_all[: 2 * n], kmap_all[2 * n :]
-            dense_keys = F.normalize(self.projector_k.dense(_to_segments(kmap_diff)).float(), dim=1)  # (2N, D, Td, H, W)
-            lkeys = F.normalize(self.projector_k.pooled(kmap_local).float(), dim=1)
-            lkeys = lkeys.reshape(2, NUM_SEGMENTS, n, -1).permute(0, 2, 1, 3)  # (clip, N, segment, D)
-            fg = foreground_mask(kmap_rgb, kmap_diff)  # (2N, H, W)
+    @torch.no_grad()
+    def _clip_keys(self, batch: Mapping[str, torch.Tensor], clip: int) -> ClipKeys:
+        rgb_map = self._encode_keys(batch["rgb_global"][:, clip])
+        key = F.normalize(self.projector_k.pooled(rgb_map).float(), dim=1)
+        if self.method != "fima":
+            return ClipKeys(rgb_map, key, None, None, None)
+        diff_map = self._encode_keys(batch["diff_global"][:, clip])
+        dense = F.normalize(self.projector_k.dense(_to_time_indices(diff_map)).float(), dim=1)
+        local = [
+            F.normalize(self.projector_k.pooled(self._encode_keys(batch["diff_local"][:, clip, s])).float(), dim=1)
+            for s in range(NUM_SEGMENTS)
+        ]
+        return ClipKeys(rgb_map, key, diff_map, dense, torch.stack(local, dim=1))
 
-        fq = _to_segments(qmap)  # (2N, C, Td, H, W)
-        td, h, w = fq.shape[2], fq.shape[3], fq.shape[4]
+    def _fima_terms(
+        self, batch: Mapping[str, torch.Tensor], qmaps: list[torch.Tensor], keys: list[ClipKeys]
+    ) -> dict[str, torch.Tensor]:
+        assert self.decoder is not None
+        boxes = batch["boxes"].float()  # (N, 2, 4)
+        fq = [_to_time_indices(qmap) for qmap in qmaps]  # (N, C, T_d, H, W) per clip
+        n, td, h, w = fq[0].shape[0], fq[0].shape[2], fq[0].shape[3], fq[0].shape[4]
         t_of = [s * td // NUM_SEGMENTS for s in range(NUM_SEGMENTS)]
-        fq_m, fq_n = fq[:n], fq[n:]
-        # decoder rows: (direction, segment, sample); direction 0: m -> n, 1: n -> m
-        sources, memories, segs = [], [], []
-        for src, mem in ((fq_m, fq_n), (fq_n, fq_m)):
+        # one decoder call for all rows (direction, segment, sample); direction 0 predicts n from
+        # (m, n), direction 1 predicts m from (n, m). Rows are independent: same numbers as four calls.
+        sources, memories, segments = [], [], []
+        for src, mem in ((fq[0], fq[1]), (fq[1], fq[0])):
             for s in range(NUM_SEGMENTS):
                 sources.append(src[:, :, t_of[s]])
                 memories.append(mem[:, :, t_of[s]])
-                segs.append(torch.full((n,), s, dtype=torch.long, device=qmap.device))
-        cls_c, cells_c = self.decoder(torch.cat(sources), torch.cat(memories), torch.cat(segs))
+                segments.append(torch.full((n,), s, dtype=torch.long, device=src.device))
+        cls_c, cells_c = self.decoder(torch.cat(sources), torch.cat(memories), torch.cat(segments))
         pred_local = F.normalize(self.projector.pooled(cls_c).float(), dim=1).reshape(2, NUM_SEGMENTS, n, -1)
         pred_dense = F.normalize(self.projector.dense(cells_c[:, :, None]).float(), dim=1)[:, :, 0]
         pred_dense = pred_dense.reshape(2, NUM_SEGMENTS, n, *pred_dense.shape[1:])  # (dir, seg, N, D, H, W)
 
-        keys_by_clip = dense_keys.reshape(2, n, *dense_keys.shape[1:]).permute(0, 1, 3, 2, 4, 5)  # (clip, N, Td, D, H, W)
-        fg_by_clip = fg.reshape(2, n, h, w)
-        dense_sum = pred_dense.new_zeros(())
-        dense_count = pred_dense.new_zeros(())
-        frame_terms = []
+        with torch.no_grad():
+            fg = [foreground_mask(k.rgb_map, k.diff_map) for k in keys]  # (N, H, W) per clip
+        motion_negatives = self.motion_queue.keys if self.motion_queue is not None else None
+        dense_negatives = self.dense_queue.keys if self.dense_queue is not None else None
+        dense_terms, frame_terms = [], []
+        valid_cells = pred_dense.new_zeros(())
         for direction in range(2):
             src_clip, tgt_clip = direction, 1 - direction
-            pos = dense_positive_mask(
-                boxes[:, src_clip], boxes[:, tgt_clip], fg_by_clip[src_clip], fg_by_clip[tgt_clip], h, w, self.pos_ratio
-            )
-            for s in range(NUM_SEGMENTS):
-                loss_sum, count = dense_motion_loss(
-                    pred_dense[direction, s],
-                    keys_by_clip[tgt_clip],
-                    t_of[s],
-                    pos,
-                    self.dense_queue.keys if self.dense_queue is not None else None,
-                    self.temperature,
-                )
-                dense_sum = dense_sum + loss_sum
-                dense_count = dense_count + count
+            target, source = keys[tgt_clip], keys[src_clip]
+            assert target.dense is not None and target.local is not None and source.local is not None
             frame_terms.append(
                 frame_motion_loss(
-                    pred_local[direction].permute(1, 0, 2),
-                    lkeys[tgt_clip],
-                    lkeys[src_clip],
-                    self.motion_queue.keys if self.motion_queue is not None else None,
-                    self.temperature,
+                    pred_local[direction].transpose(0, 1), target.local, source.local, motion_negatives, self.temperature
                 )
             )
-        loss_dense = dense_sum / dense_count.clamp_min(1.0)
-        loss_frame = 0.5 * (frame_terms[0] + frame_terms[1])
-        total_cells = 2 * NUM_SEGMENTS * n * h * w
-        terms = {
-            "loss_dense": loss_dense,
-            "loss_frame": loss_frame,
-            "dense_valid_frac": (dense_count / total_cells).detach(),
-            "fg_frac": fg.float().mean().detach(),
+            pos = dense_positive_mask(
+                boxes[:, src_clip], boxes[:, tgt_clip], fg[src_clip], fg[tgt_clip], h, w, self.pos_ratio
+            )
+            valid_cells = valid_cells + NUM_SEGMENTS * pos.any(dim=2).sum()
+            target_dense = target.dense.transpose(1, 2)  # (N, T_d, D, H, W)
+            for s in range(NUM_SEGMENTS):
+                dense_terms.append(
+                    dense_motion_loss(pred_dense[direction, s], target_dense, t_of[s], pos, dense_negatives, self.temperature)
+                )
+        self._enqueue_motion_keys(keys)
+        return {
+            "loss_dense": torch.stack(dense_terms).mean(),
+            "loss_frame": torch.stack(frame_terms).mean(),
+            "dense_valid_frac": (valid_cells / (2 * NUM_SEGMENTS * n * h * w)).detach(),
+            "fg_frac": torch.stack(fg).float().mean(),
         }
-        enqueue_motion = lkeys.reshape(-1, lkeys.shape[-1])
-        enqueue_dense = self._sample_dense_keys(dense_keys)
-        return terms, enqueue_motion, enqueue_dense
+
+    @torch.no_grad()
+    def _enqueue_motion_keys(self, keys: list[ClipKeys]) -> None:
+        """Local keys ``[n seg 1, n seg 2, m seg 1, m seg 2]`` into the motion queue; dense keys into the
+        dense queue, per (clip n, then m; time index) in cell order ``(sample, row, column)`` as the authors do."""
+        m, n = keys
+        assert m.local is not None and n.local is not None and m.dense is not None and n.dense is not None
+        if self.motion_queue is not None:
+            local = torch.cat([n.local[:, 0], n.local[:, 1], m.local[:, 0], m.local[:, 1]])
+            self.motion_queue.enqueue(all_gather_cat(local))
+        if self.dense_queue is None:
+            return
+        for clip in (n, m):
+            dense = clip.dense  # (N, D, T_d, H, W)
+            if self.dense_keys_per_clip > 0:
+                self.dense_queue.enqueue(all_gather_cat(self._sample_dense_keys(dense)))
+                continue
+            for t in range(dense.shape[2]):
+                self.dense_queue.enqueue(all_gather_cat(dense[:, :, t].permute(0, 2, 3, 1).reshape(-1, dense.shape[1])))
 
     def _sample_dense_keys(self, dense_keys: torch.Tensor) -> torch.Tensor:
-        """Pick ``dense_queue_keys_per_clip`` random cells (any time index) of each clip's dense keys."""
-        if self.dense_queue is None:
-            return dense_keys.new_zeros(0, dense_keys.shape[1])
+        """Option ``dense_queue_keys_per_clip = k > 0``: k random cells (any time index) of each clip's dense keys."""
         b, d = dense_keys.shape[:2]
         flat = dense_keys.flatten(2)  # (B, D, Td*H*W)
         k = min(self.dense_keys_per_clip, flat.shape[2])
@@ -282,7 +304,7 @@ class FimaPretrainer(nn.Module):
         return picked.permute(0, 2, 1).reshape(b * k, d)
 
 
-def _to_segments(fmap: torch.Tensor) -> torch.Tensor:
+def _to_time_indices(fmap: torch.Tensor) -> torch.Tensor:
     """Bring a ``(B, C, T', H, W)`` map to ``T_d`` temporal indices (T'=1 -> 1, T'=2 -> 2, T'>2 -> 2 by averaging)."""
     t = fmap.shape[2]
     if t <= NUM_SEGMENTS:
