@@ -28,7 +28,7 @@ import torch
 
 __all__ = [
     'CheckpointError', 'UnsafeCheckpointError', 'ExtractedCheckpoint', 'TRAIN_FORMAT',
-    'read_checkpoint', 'extract_backbone', 'load_backbone_state_dict', 'summarize_keys',
+    'read_checkpoint', 'extract_backbone', 'load_backbone_state_dict', 'summarize_keys', 'require_finite',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -268,3 +268,21 @@ def summarize_keys(keys: Sequence[str], limit: int = 8) -> str:
              for g, n in groups.items()]
     text = ', '.join(parts[:limit])
     return text + (f', ... ({len(parts) - limit} more groups)' if len(parts) > limit else '')
+
+
+def require_finite(sd: Mapping[str, torch.Tensor], name: str = 'the checkpoint') -> None:
+    """Refuse weights holding NaN or infinite values (they would make every output NaN, silently).
+
+    Args:
+        sd: State dict to check (non-floating tensors are skipped).
+        name: What ``sd`` is, for the message.
+
+    Raises:
+        CheckpointError: Naming the tensors with non-finite values.
+    """
+    bad = [k for k, v in sd.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f'Weights from {name} hold NaN or infinite values in {len(bad)} tensor(s): {summarize_keys(bad)}. '
+            'The training run diverged or the file is damaged; use an earlier checkpoint.')

@@ -9,8 +9,11 @@ the named architecture and writes::
     out/r2plus1d_fima/README.md           model card
 
 ``fima_models.create_model('local-dir:out/r2plus1d_fima')`` (or ``hf-hub:ORG/NAME`` once uploaded)
-then rebuilds exactly the source backbone. The folder is assembled in a temporary directory beside
-the destination and renamed into place, so a failed conversion leaves nothing behind.
+then rebuilds exactly the source backbone. The files are assembled in a temporary folder beside
+(or, for an existing folder, inside) the destination and renamed into place only once all are
+complete, so a failed conversion leaves the destination as it was. ``overwrite`` replaces only
+the files a conversion writes; a folder holding anything else, or the source itself, is refused
+unless ``keep_other_files`` is given (see :func:`check_output_folder`).
 """
 import json
 import logging
@@ -20,13 +23,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from safetensors.torch import save_file
 
+from fima_models._atomic import default_dir_mode, default_file_mode
 from fima_models.checkpoint import (
-    TRAIN_FORMAT, CheckpointError, ExtractedCheckpoint, load_backbone_state_dict, summarize_keys,
+    TRAIN_FORMAT, CheckpointError, ExtractedCheckpoint, load_backbone_state_dict, require_finite, summarize_keys,
 )
 from fima_models.pretrained import (
     _SOURCE_FIELDS, CONFIG_NAME, SAFE_WEIGHTS_NAME, _as_list, _under, load_state_dict_strict,
@@ -34,7 +38,7 @@ from fima_models.pretrained import (
 
 __all__ = [
     'ConversionResult', 'OutputExistsError', 'convert_checkpoint', 'render_model_card', 'build_config',
-    'replace_directory',
+    'check_output_folder', 'install_staged',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -181,36 +185,68 @@ def render_model_card(config: Mapping[str, Any], result: Optional['ConversionRes
     return '\n'.join(lines).rstrip() + '\n'
 
 
-def replace_directory(staged: Path, out_dir: Path, overwrite: bool = False) -> None:
-    """Move a fully written ``staged`` folder to ``out_dir`` with renames only.
+def _written_names(staged: Path) -> List[str]:
+    return sorted(p.name for p in staged.iterdir())
+
+
+def check_output_folder(out_dir: Path, src: Path, overwrite: bool, keep_other_files: bool,
+                        names: Sequence[str] = (SAFE_WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)) -> None:
+    """Refuse an output folder a conversion must not write into, before any work is done.
 
     Args:
-        staged: Complete folder on the same file system as ``out_dir``.
-        out_dir: Destination; an existing non-empty one is replaced only with ``overwrite``.
+        out_dir: Destination folder.
+        src: The checkpoint being converted.
+        overwrite: Replacing the files the conversion writes is allowed.
+        keep_other_files: Writing into a folder that holds other files (or the source) is allowed;
+            those files are left untouched.
+        names: The file names the conversion writes.
 
     Raises:
-        OutputExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
+        OutputExistsError: ``out_dir`` is a file, or it is not empty and the flags do not allow it.
     """
-    out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f'{out_dir} exists and is not a folder; choose another --out.')
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f'{out_dir} already exists and is not empty; pass overwrite=True (--overwrite) '
-                                  'or choose another output folder.')
-        backup = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.old-'))
-        os.replace(out_dir, backup / out_dir.name)
-        try:
-            os.replace(staged, out_dir)
-        except OSError:
-            os.replace(backup / out_dir.name, out_dir)
-            raise
-        finally:
-            shutil.rmtree(backup, ignore_errors=True)
+        raise OutputExistsError(f"'{out_dir}' exists and is not a folder; choose another --out.")
+    if not out_dir.is_dir():
         return
-    if out_dir.is_dir():
-        out_dir.rmdir()
-    os.replace(staged, out_dir)
+    leftover = f'.{out_dir.name}.tmp-'  # staging folder of an interrupted or concurrent conversion
+    entries = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(leftover))
+    if not entries:
+        return
+    ours = [e for e in entries if e in names]
+    others = [e for e in entries if e not in names]
+    holds_source = _is_inside(src, out_dir)
+    if ours and not overwrite:
+        raise OutputExistsError(
+            f"'{out_dir}' already holds {', '.join(ours)}; pass --overwrite (overwrite=True) to replace them, "
+            'or choose another output folder.')
+    if (others or holds_source) and not keep_other_files:
+        what = 'the source checkpoint' if holds_source else 'other files'
+        listed = ', '.join(others[:5]) + (f' and {len(others) - 5} more' if len(others) > 5 else '')
+        raise OutputExistsError(
+            f"'{out_dir}' holds {what} ({listed}); a converted model belongs in a folder of its own. Choose "
+            'another --out, or pass --keep-other-files (keep_other_files=True) to write '
+            f"{', '.join(names)} beside them (nothing else is touched).")
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.expanduser().resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def install_staged(staged: Path, out_dir: Path) -> None:
+    """Move the files of a fully written ``staged`` folder into ``out_dir`` with renames only.
+
+    A new ``out_dir`` is the staged folder renamed; in an existing one each staged file replaces
+    its namesake (every file is complete before the first rename) and nothing else is touched.
+    """
+    if not out_dir.is_dir():
+        os.replace(staged, out_dir)
+        return
+    for name in _written_names(staged):
+        os.replace(staged / name, out_dir / name)
 
 
 def _split_name(model_name: str, tag: Optional[str]) -> Tuple[str, str]:
@@ -272,6 +308,8 @@ def convert_checkpoint(
         repo_id: Optional[str] = None,
         staging_hook: Optional[Callable[[Path], None]] = None,
         overwrite: bool = False,
+        keep_other_files: bool = False,
+        extra_files: Sequence[str] = (),
 ) -> ConversionResult:
     """Convert ``src`` into ``out_dir/{model.safetensors,config.json,README.md}`` for ``model_name``.
 
@@ -279,7 +317,8 @@ def convert_checkpoint(
         src: Checkpoint file: FIMA ``checkpoint_XXXX.pth.tar``, MoCo-style, plain or torchvision
             ``state_dict``, safetensors, or a ``python -m train`` checkpoint.
         model_name: Architecture, ``arch.tag`` or alias; a tag selects the config defaults recorded.
-        out_dir: Destination folder (must not exist or be empty unless ``overwrite``).
+        out_dir: Destination folder: new or empty; one holding earlier conversion files with
+            ``overwrite``; one holding anything else (or ``src``) with ``keep_other_files``.
         keep_head: Keep the checkpoint's classifier (its size sets ``num_classes``); by default
             only the backbone is written (``num_classes=0``).
         tag: Pretrained tag to record, overriding the one in ``model_name``.
@@ -289,24 +328,28 @@ def convert_checkpoint(
         repo_id: Hub repo id the folder will be published as (used in the card's usage snippet).
         staging_hook: Called with the staging folder after the files are written and before it is
             moved into place; may add files (e.g. a checksum manifest).
-        overwrite: Replace an existing non-empty ``out_dir``.
+        overwrite: Replace the files an earlier conversion wrote into ``out_dir`` (only those).
+        keep_other_files: Allow an ``out_dir`` that holds other files or the source; they stay untouched.
+        extra_files: Names of the files ``staging_hook`` adds (replaced like the others with ``overwrite``).
 
     Returns:
         The conversion record (also logged).
 
     Raises:
-        CheckpointError: Missing, unreadable or unsafe file; wrong architecture; missing, unexpected
-            or mis-shaped keys (named in the message).
-        OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        CheckpointError: Missing, unreadable or unsafe file; NaN/Inf weights; wrong architecture;
+            missing, unexpected or mis-shaped keys (named in the message).
+        OutputExistsError: ``out_dir`` is refused (see :func:`check_output_folder`).
+        OSError: The output cannot be written (disk full, read-only ...); ``out_dir`` keeps its
+            previous content.
     """
     from fima_models._factory import create_model, list_pretrained
 
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise OutputExistsError(f'{out_dir} already exists and is not empty; pass --overwrite (overwrite=True) '
-                              'or choose another output folder.')
+    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))  # `--out .` has a name and a parent
+    check_output_folder(out_dir, Path(src), overwrite, keep_other_files,
+                        (SAFE_WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, *extra_files))
     arch, tag = _split_name(model_name, tag)
     extracted = load_backbone_state_dict(src)
+    require_finite(extracted.state_dict, str(src))
     _check_train_arch(extracted, arch)
     registered = f'{arch}.{tag}' if tag and f'{arch}.{tag}' in list_pretrained(f'{arch}.*') else arch
     with torch.device('meta'):  # configuration only: allocates nothing
@@ -354,18 +397,23 @@ def convert_checkpoint(
         out_dir=out_dir, architecture=arch, tag=tag, format=extracted.format, num_classes=num_classes,
         in_chans=in_chans, kept=sorted(sd), dropped=dropped, config=config, meta=_json_safe(extracted.meta))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.tmp-'))
+    # staged beside the files it replaces: a new folder in its parent, else inside the folder itself
+    stage_in = out_dir if out_dir.is_dir() else out_dir.parent
+    stage_in.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=stage_in, prefix=f'.{out_dir.name}.tmp-'))
     try:
         tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(tensors, str(staged / SAFE_WEIGHTS_NAME), metadata={'format': 'pt'})
-        (staged / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n')
+        (staged / CONFIG_NAME).write_text(json.dumps(config, indent=2) + '\n', encoding='utf-8')
         sections = card_sections(result) if callable(card_sections) else card_sections
-        (staged / CARD_NAME).write_text(render_model_card(config, result, sections, repo_id=repo_id))
+        (staged / CARD_NAME).write_text(render_model_card(config, result, sections, repo_id=repo_id), encoding='utf-8')
         if staging_hook is not None:
             staging_hook(staged)
-        os.chmod(staged, 0o755)
-        replace_directory(staged, out_dir, overwrite=overwrite)
+        file_mode = default_file_mode()
+        for name in _written_names(staged):
+            os.chmod(staged / name, file_mode)
+        os.chmod(staged, default_dir_mode())
+        install_staged(staged, out_dir)
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fima_models._atomic import atomic_write_bytes
 from fima_models.inference import optimize_for_inference
 from fima_models.transforms import EvalTransform
 from fima_models.video import VideoReader
@@ -729,17 +730,6 @@ def extract_features(
 # ---------------------------------------------------------------------------------------------
 # saving and loading
 # ---------------------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a ``.partial`` temp file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.partial')
-    with open(tmp, 'wb') as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def sidecar_path(path: PathLike) -> Path:
     """The JSON sidecar of a feature file: ``x.npy`` -> ``x.npy.json``."""
     path = Path(path)

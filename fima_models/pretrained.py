@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from fima_models.checkpoint import (
-    CheckpointError, ExtractedCheckpoint, extract_backbone, load_backbone_state_dict, summarize_keys,
+    CheckpointError, ExtractedCheckpoint, extract_backbone, load_backbone_state_dict, require_finite, summarize_keys,
 )
 
 __all__ = [
@@ -468,7 +468,7 @@ def load_pretrained(
 
     Raises:
         PretrainedWeightsUnavailable: No weights can be found or downloaded.
-        CheckpointError: The weights are unreadable, unsafe, or do not fit the model.
+        CheckpointError: The weights are unreadable, unsafe, hold NaN/Inf values, or do not fit the model.
     """
     cfg = _cfg_dict(pretrained_cfg if pretrained_cfg is not None else getattr(model, 'pretrained_cfg', None))
     name = _tag_name(cfg)
@@ -480,6 +480,7 @@ def load_pretrained(
         extracted = load_backbone_state_dict(path)
         source = str(path)
     sd = extracted.state_dict
+    require_finite(sd, f"'{name}' ({source})")
     if filter_fn is not None:
         sd = filter_fn(sd, model)
     sd, dropped_head, adapted = adapt_state_dict(model, sd, cfg)

@@ -4,6 +4,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from fima_models._atomic import describe_os_error
 from hub.export import export_checkpoint
 from hub.publish import publish
 
@@ -12,7 +13,8 @@ __all__ = ['main', 'build_parser']
 
 def _export(args: argparse.Namespace) -> int:
     result = export_checkpoint(args.checkpoint, args.model, args.tag, args.out, results=args.results,
-                               repo_id=args.repo_id, keep_head=args.keep_head, overwrite=args.overwrite)
+                               repo_id=args.repo_id, keep_head=args.keep_head, overwrite=args.overwrite,
+                               keep_other_files=args.keep_other_files)
     print(result.conversion.summary())
     print(f'Wrote {result.out_dir}/SHA256SUMS ({len(result.manifest)} files) for {result.name} '
           f'-> hf-hub:{result.repo_id}')
@@ -41,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--results', default=None, metavar='JSON', help='evaluation results for the card and config')
     p.add_argument('--repo-id', default=None, help='hub repo (default: the zoo repo of arch.tag)')
     p.add_argument('--keep-head', action='store_true', help="keep the checkpoint's classifier")
-    p.add_argument('--overwrite', action='store_true', help='replace a non-empty DIR')
+    p.add_argument('--overwrite', action='store_true', help='replace the files of an earlier export in DIR (only those)')
+    p.add_argument('--keep-other-files', action='store_true',
+                   help='write into a DIR that holds other files (they are left untouched)')
     p.set_defaults(func=_export)
     p = sub.add_parser('publish', help='validate a release folder and upload it to the Hugging Face hub')
     p.add_argument('folder', metavar='DIR')
@@ -63,7 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError, RuntimeError) as err:
+    except OSError as err:
+        print(f'python -m hub {args.command}: error: {describe_os_error(err)}', file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as err:
         print(f'python -m hub {args.command}: error: {err}', file=sys.stderr)
         return 1
 

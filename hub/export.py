@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from fima_models._atomic import atomic_write_text
 from fima_models.convert import ConversionResult, convert_checkpoint
 from fima_models.models import hub_id
 
@@ -59,9 +60,7 @@ def write_manifest(folder: Union[str, Path]) -> Dict[str, str]:
     folder = Path(folder)
     digests = {p.name: sha256_file(p) for p in sorted(folder.iterdir())
                if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith('.')}
-    tmp = folder / f'.{MANIFEST_NAME}.tmp'
-    tmp.write_text(''.join(f'{d}  {n}\n' for n, d in digests.items()))
-    os.replace(tmp, folder / MANIFEST_NAME)
+    atomic_write_text(folder / MANIFEST_NAME, ''.join(f'{d}  {n}\n' for n, d in digests.items()))
     return digests
 
 
@@ -94,6 +93,7 @@ def export_checkpoint(
         keep_head: bool = False,
         pretrained_cfg: Optional[Dict[str, Any]] = None,
         overwrite: bool = False,
+        keep_other_files: bool = False,
 ) -> ExportResult:
     """Convert ``checkpoint`` into the release folder ``out_dir`` for ``model_name.tag``.
 
@@ -106,7 +106,9 @@ def export_checkpoint(
         repo_id: Hub repo id; defaults to the zoo's ``ORG/arch.tag`` (``FIMA_MODELS_HUB_ORG``).
         keep_head: Keep the checkpoint's classifier (fine-tuned weights).
         pretrained_cfg: Extra config fields to record (``dataset``, ``description`` ...).
-        overwrite: Replace a non-empty ``out_dir``.
+        overwrite: Replace the files an earlier export wrote into ``out_dir`` (only those).
+        keep_other_files: Allow an ``out_dir`` that holds other files; they stay untouched (and out of
+            the manifest).
 
     Returns:
         The export record.
@@ -114,7 +116,7 @@ def export_checkpoint(
     Raises:
         CheckpointError: The checkpoint is unreadable or does not fit ``model_name``.
         FileNotFoundError, ValueError: Bad results file.
-        OutputExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+        OutputExistsError: ``out_dir`` is refused (see :func:`fima_models.convert.check_output_folder`).
     """
     if not tag:
         raise ValueError('A release needs a pretrained tag (e.g. --tag fima_ucf101).')
@@ -136,6 +138,7 @@ def export_checkpoint(
 
     conversion = convert_checkpoint(
         checkpoint, arch, out_dir, keep_head=keep_head, tag=tag, pretrained_cfg=cfg, card_sections=sections,
-        repo_id=repo_id, staging_hook=finish, overwrite=overwrite)
+        repo_id=repo_id, staging_hook=finish, overwrite=overwrite, keep_other_files=keep_other_files,
+        extra_files=(MANIFEST_NAME,))
     return ExportResult(out_dir=conversion.out_dir, name=name, repo_id=repo_id, conversion=conversion,
                         metrics=metrics, manifest=manifest)

@@ -122,11 +122,16 @@ def test_existing_output_needs_overwrite(tmp_path, source):
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'keep.txt').write_text('mine')
-    with pytest.raises(OutputExistsError, match='overwrite'):
-        convert_checkpoint(ckpt, ARCH, out)
+    with pytest.raises(OutputExistsError, match='keep-other-files'):
+        convert_checkpoint(ckpt, ARCH, out, overwrite=True)
     assert _entries(out) == ['keep.txt']
-    convert_checkpoint(ckpt, ARCH, out, overwrite=True)
-    assert _entries(out) == ['README.md', 'config.json', 'model.safetensors']
+    convert_checkpoint(ckpt, ARCH, out, keep_other_files=True)
+    assert _entries(out) == ['README.md', 'config.json', 'keep.txt', 'model.safetensors']
+    with pytest.raises(OutputExistsError, match='--overwrite'):
+        convert_checkpoint(ckpt, ARCH, out, keep_other_files=True)
+    convert_checkpoint(ckpt, ARCH, out, overwrite=True, keep_other_files=True)
+    assert _entries(out) == ['README.md', 'config.json', 'keep.txt', 'model.safetensors']
+    assert (out / 'keep.txt').read_text() == 'mine'
     assert torch.equal(features(fima_models.create_model(f'local-dir:{out}')), expected)
 
 

@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any, Dict, List
 
+from fima_models._atomic import describe_os_error
 from fima_models.convert import convert_checkpoint
 from fima_models.pretrained import (
     PretrainedWeightsUnavailable, download_pretrained, hub_cache_dir, torch_checkpoint_dir,
@@ -42,9 +43,12 @@ def run_convert(args: argparse.Namespace) -> int:
     for key in ('method', 'dataset'):
         if getattr(args, key):
             extra[key] = getattr(args, key)
-    result = convert_checkpoint(
-        args.src, args.model, args.out, keep_head=args.keep_head, tag=args.tag,
-        pretrained_cfg=extra or None, overwrite=args.overwrite)
+    try:
+        result = convert_checkpoint(
+            args.src, args.model, args.out, keep_head=args.keep_head, tag=args.tag,
+            pretrained_cfg=extra or None, overwrite=args.overwrite, keep_other_files=args.keep_other_files)
+    except OSError as err:  # disk full, read-only, permission: one line naming the path
+        raise RuntimeError(describe_os_error(err, args.out)) from err
     if args.json:
         print(json.dumps({
             'out_dir': str(result.out_dir), 'architecture': result.architecture, 'tag': result.tag,
@@ -74,11 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     '--keep-head; the weights must load strictly into --model.')
     p.add_argument('src', metavar='SRC', help='checkpoint file')
     p.add_argument('--model', required=True, help='architecture (or arch.tag / alias), e.g. r2plus1d_18')
-    p.add_argument('--out', required=True, metavar='DIR', help='output folder (created; must be empty)')
+    p.add_argument('--out', required=True, metavar='DIR',
+                   help='output folder: new or empty (see --overwrite and --keep-other-files)')
     p.add_argument('--keep-head', action='store_true', help="keep the checkpoint's classifier")
     p.add_argument('--tag', default=None, help='pretrained tag to record, e.g. fima_ucf101')
     p.add_argument('--method', default=None, help='pretraining method to record (fima, moco, supervised)')
     p.add_argument('--dataset', default=None, help='pretraining data set to record, e.g. ucf101')
-    p.add_argument('--overwrite', action='store_true', help='replace a non-empty output folder')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace the model.safetensors, config.json and README.md of an earlier conversion '
+                        '(nothing else is touched)')
+    p.add_argument('--keep-other-files', action='store_true',
+                   help='allow an output folder that holds other files or the source checkpoint; '
+                        'they are left untouched')
     p.add_argument('--json', action='store_true', help='print the result as JSON')
     p.set_defaults(func=run_convert)

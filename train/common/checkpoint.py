@@ -1,12 +1,13 @@
 """Atomic checkpoint files, keep-last-K rotation and resume discovery.
 
-Files are written to a temporary name in the destination folder, flushed to disk and renamed
-over the destination (``os.replace``), so a crash never leaves a half-written checkpoint: a
-reader sees either the old file or the new one.
+Files are written with :func:`fima_models._atomic.atomic_write` (a per-process unique temporary
+name in the destination folder, flushed and renamed over the destination), so a crash never
+leaves a half-written checkpoint and concurrent writers never mix: a reader sees either the old
+file or the new one.
 
 Checkpoints of a run live in one folder as ``checkpoint_{step:08d}.pt``; :func:`save_checkpoint`
 writes one and deletes the oldest beyond ``keep_last``; :func:`find_latest` returns the newest
-(highest step) one for resuming.
+(highest step) one; :func:`find_latest_valid` the newest one that loads, for resuming.
 
 Example:
     >>> path = save_checkpoint({"step": 10, "model": model.state_dict()}, out_dir, step=10, keep_last=3)
@@ -16,13 +17,14 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from fima_models._atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from fima_models.checkpoint import TRAIN_FORMAT, CheckpointError, read_checkpoint
 
 __all__ = [
     "CHECKPOINT_PATTERN",
@@ -33,8 +35,10 @@ __all__ = [
     "checkpoint_path",
     "list_checkpoints",
     "find_latest",
+    "find_latest_valid",
     "save_checkpoint",
     "load_checkpoint",
+    "check_train_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,63 +46,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d{8,})\.pt$")
 
 
-def atomic_write(path: str | Path, writer: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write a file atomically through a callback.
-
-    Args:
-        path: destination.
-        writer: called with an open file object (opened with ``mode``) that it writes to.
-        mode: ``"wb"`` or ``"w"``.
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Atomically write a text file (UTF-8)."""
-    return atomic_write(path, lambda fh: fh.write(text), mode="w")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Atomically write a binary file."""
-    return atomic_write(path, lambda fh: fh.write(data), mode="wb")
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return atomic_write(path, lambda fh: torch.save(obj, fh), mode="wb")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Flush a directory entry so a rename survives power loss (no-op where unsupported)."""
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def checkpoint_path(out_dir: str | Path, step: int) -> Path:
@@ -152,27 +102,75 @@ def save_checkpoint(state: dict[str, Any], out_dir: str | Path, step: int, keep_
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`.
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, on the CPU.
 
-    Checkpoints written by ``train/`` hold only tensors and plain Python values, so they are read
-    with ``weights_only=True`` (no code from the file is executed).
+    The file is read with :func:`fima_models.checkpoint.read_checkpoint`: weights-only unpickling,
+    so a file that tries to run code is refused before anything runs, and a truncated, random or
+    foreign file gives one :class:`~fima_models.checkpoint.CheckpointError` naming it.
 
     Args:
         path: checkpoint file.
-        map_location: device to map tensors to.
 
     Returns:
         The checkpoint dict.
 
     Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if the file is not a dict checkpoint.
+        CheckpointError: the file is missing, unreadable, unsafe or not a dict checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}; pass an existing file or a run folder that has checkpoint_*.pt")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = read_checkpoint(path)
     if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a training checkpoint (expected a dict, got {type(state).__name__})")
+        raise CheckpointError(f"{path} is not a training checkpoint (expected a dict, got {type(state).__name__})")
     return state
+
+
+def check_train_checkpoint(path: str | Path, state: dict[str, Any], state_keys: tuple[str, ...] = ()) -> None:
+    """Raise unless ``state`` is a complete ``train/`` checkpoint that a run can resume from.
+
+    Args:
+        path: where it was read (for the message).
+        state: the loaded checkpoint.
+        state_keys: entries its ``state`` section must hold (``optimizer``, ``scheduler`` ...).
+
+    Raises:
+        CheckpointError: naming the file and what is wrong.
+    """
+    if state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a {TRAIN_FORMAT} checkpoint (format {state.get('format')!r}); resume only from "
+            "checkpoint_*.pt files of a `python -m train` run, or pass --resume none to start over"
+        )
+    inner = state.get("state")
+    missing = [k for k in ("model", "step", "epoch", "state") if k not in state]
+    missing += [f"state.{k}" for k in state_keys if not isinstance(inner, dict) or k not in inner]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete (no {', '.join(missing)}); resume from another checkpoint")
+
+
+def find_latest_valid(
+    out_dir: str | Path, validate: Callable[[Path, dict[str, Any]], None] | None = None
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Newest checkpoint of a run folder that loads (and passes ``validate``), skipping broken ones.
+
+    A checkpoint that cannot be read (truncated by a full disk, damaged copy ...) or that
+    ``validate`` rejects is skipped with a warning naming it and the reason, and the next older
+    one is tried, so an interrupted run resumes from its last good state.
+
+    Args:
+        out_dir: run folder.
+        validate: called with ``(path, state)``; raises ``CheckpointError``/``ValueError`` to reject it.
+
+    Returns:
+        ``(path, state)`` of the newest usable checkpoint, or ``(None, None)`` when there is none.
+    """
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            state = load_checkpoint(path)
+            if validate is not None:
+                validate(path, state)
+        except (CheckpointError, ValueError) as err:
+            logger.warning("skipping checkpoint %s: %s", path, err)
+            continue
+        return path, state
+    return None, None

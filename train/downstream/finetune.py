@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from train.common.checkpoint import atomic_torch_save, find_latest, load_checkpoint, save_checkpoint
+from fima_models.checkpoint import TRAIN_FORMAT
+from train.common.checkpoint import atomic_torch_save, check_train_checkpoint, find_latest_valid, save_checkpoint
 from train.common.distributed import all_gather_object, all_reduce_mean, barrier
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.precision import autocast, make_grad_scaler, to_channels_last_3d
@@ -38,8 +39,12 @@ __all__ = ["TRAIN_FORMAT", "train_loop", "save_final", "run_finetune"]
 
 log = logging.getLogger(__name__)
 
-#: ``format`` of checkpoints written by ``train/`` (read by ``fima_models.checkpoint``).
-TRAIN_FORMAT = "fima-models-train"
+#: Sections of a checkpoint's ``state`` a resumed fine-tune or linear run reads.
+_RESUME_STATE = ("optimizer", "scheduler", "scaler", "logger", "rng")
+
+
+def _check_resumable(path: Path, state: dict[str, Any]) -> None:
+    check_train_checkpoint(path, state, _RESUME_STATE)
 
 
 def _checkpoint(
@@ -147,9 +152,8 @@ def train_loop(
     )
     start_epoch, step = 0, 0
     stats = {"train_loss": float("nan"), "train_acc1": float("nan")}
-    latest = find_latest(ckpt_dir)
-    if latest is not None:
-        state = load_checkpoint(latest, map_location=device)
+    latest, state = find_latest_valid(ckpt_dir, _check_resumable)
+    if latest is not None and state is not None:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["state"]["optimizer"])
         scheduler.load_state_dict(state["state"]["scheduler"])

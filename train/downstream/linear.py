@@ -24,13 +24,15 @@ plain classifier -- the backbone with its own classifier set to the learned laye
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from train.common.checkpoint import atomic_torch_save
+from fima_models.checkpoint import CheckpointError
+from train.common.checkpoint import atomic_torch_save, load_checkpoint
 
 from .build import RunContext, build_model, dataset_classes, multiclip_dataset, train_dataset
 from .evaluate import clip_outputs, finish_run, multiclip_accuracy
@@ -121,6 +123,22 @@ class FeatureDataset(Dataset):
         return self.features[index], int(self.labels[index])
 
 
+def _read_cache(cache: Path) -> dict[str, Any] | None:
+    """The feature cache's content, or None (with a warning) when it is truncated or not a cache."""
+    try:
+        saved = load_checkpoint(cache)
+        features, labels = saved["features"], saved["labels"]
+        if not (isinstance(features, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and features.ndim == 2 and len(features) == len(labels)):
+            raise ValueError("features and labels do not match")
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("it holds non-finite features")
+    except (CheckpointError, ValueError, KeyError, TypeError) as err:
+        log.warning("feature cache %s is unusable (%s); extracting the features again", cache, err)
+        return None
+    return saved
+
+
 def _cached_train_features(ctx: RunContext, backbone: nn.Module, weights: dict[str, Any]) -> FeatureDataset:
     """Extract (or reload) the frozen backbone's features of the training clips."""
     cfg = ctx.cfg
@@ -129,11 +147,12 @@ def _cached_train_features(ctx: RunContext, backbone: nn.Module, weights: dict[s
     key = {"model": str(cfg["model"]), "sha256": weights.get("sha256"), "clips": clips, "data": cfg["data"],
            "dataset": cfg["dataset"], "root": str(cfg["root"]), "split": cfg.get("split")}
     if cache.is_file():
-        saved = torch.load(cache, map_location="cpu", weights_only=True)
-        if saved.get("key") == repr(key):
+        saved = _read_cache(cache)
+        if saved is not None and saved.get("key") == repr(key):
             log.info("reusing cached training features %s", cache)
             return FeatureDataset(saved["features"], saved["labels"])
-        log.info("cached features %s were made with other settings; extracting again", cache)
+        if saved is not None:
+            log.info("cached features %s were made with other settings; extracting again", cache)
     dataset = multiclip_dataset(cfg, backbone, True, clips)
     feats, labels = clip_outputs(backbone, dataset, ctx, int(cfg["test"]["batch_size"]), int(cfg["data"]["workers"]),
                                  desc="features")
