@@ -32,6 +32,7 @@ the model's pretrained config unless given explicitly.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -56,6 +57,7 @@ __all__ = [
     'iter_clip_chunks', 'build_transform',
     'load_model', 'model_name_of', 'save_features', 'load_features', 'read_sidecar', 'sidecar_path',
     'atomic_write_bytes', 'extraction_config', 'FORMATS', 'prepare_clips', 'raw_clip_limit',
+    'check_layer', 'weights_digest', 'NonFiniteFeaturesError',
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -468,6 +470,35 @@ class FeatureRunner:
         return maps.float()
 
 
+def check_layer(model: nn.Module, layer: Optional[int]) -> None:
+    """Refuse a ``layer`` index the model does not have, naming the valid ones.
+
+    Raises:
+        ValueError: ``layer`` is not an integer in ``-N .. N-1`` for a model with ``N`` blocks.
+    """
+    if layer is None:
+        return
+    blocks = len(getattr(model, 'feature_info', None) or [])
+    if isinstance(layer, bool) or not isinstance(layer, int) or (blocks and not -blocks <= layer < blocks):
+        valid = f'0..{blocks - 1} (or -{blocks}..-1 from the end)' if blocks else 'an integer'
+        raise ValueError(f'layer={layer!r} does not exist in {type(model).__name__}: it has {blocks} blocks; '
+                         f'choose {valid}, or omit it for the final map')
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values): what its weights are.
+
+    Two models give the same digest exactly when they compute the same function with the same
+    architecture, however the weights were loaded; it identifies the weights behind saved features.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to('cpu').contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode('utf-8'))
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def prepare_inference(
         model: nn.Module,
         device: Union[str, torch.device, None] = None,
@@ -503,6 +534,7 @@ def prepare_inference(
     amp_dtype = resolve_amp(amp, device, allow_slow=allow_slow_amp)
     if layer is not None and not hasattr(model, 'forward_intermediates'):
         raise ValueError(f'{type(model).__name__} has no forward_intermediates, so layer={layer} cannot be used')
+    check_layer(model, layer)
     if optimize:
         model = optimize_for_inference(model, device=device, example_shape=example_shape)
         channels_last = channels_last or model.inference_plan.channels_last
@@ -730,6 +762,10 @@ def extract_features(
 # ---------------------------------------------------------------------------------------------
 # saving and loading
 # ---------------------------------------------------------------------------------------------
+class NonFiniteFeaturesError(ValueError):
+    """Features hold NaN or infinite values, so they are not saved as a finished result."""
+
+
 def sidecar_path(path: PathLike) -> Path:
     """The JSON sidecar of a feature file: ``x.npy`` -> ``x.npy.json``."""
     path = Path(path)
@@ -769,11 +805,21 @@ def save_features(result: VideoFeatures, path: PathLike, extra: Optional[Dict[st
 
     Returns:
         The sidecar path.
+
+    Raises:
+        NonFiniteFeaturesError: the features hold NaN or infinite values (nothing is written).
+        OSError: the files cannot be written; earlier files of the same name stay as they were.
     """
     path = Path(path)
     fmt = path.suffix.lstrip('.')
     if fmt not in FORMATS:
         raise ValueError(f"feature file must end in .npy or .safetensors, got '{path.name}'")
+    if not bool(torch.isfinite(result.features).all()):
+        bad = int((~torch.isfinite(result.features)).sum())
+        raise NonFiniteFeaturesError(
+            f'the features for {path.name} hold {bad} NaN or infinite values of {result.features.numel()}; nothing '
+            'was saved. The weights are probably damaged (check them with fima_models.checkpoint.require_finite) '
+            'or the input is out of range')
     data = _features_bytes(result, fmt)
     atomic_write_bytes(path, data)
     sidecar = {

@@ -228,9 +228,20 @@ def test_torchrun_two_ranks_share_the_inputs_and_merge_one_summary(video_dir: Pa
         assert np.load(out / f'{rel}.npy').shape == (clips, 32)
 
 
-def test_model_errors_fail_the_videos_with_the_reason(video_dir: Path, tmp_path: Path) -> None:
+def test_a_layer_the_model_lacks_stops_before_any_work(video_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / 'out'
-    rc = run_cli([str(video_dir / 'sub'), '--out', str(out), *BASE, '--workers', '0', '--layer', '99'])
+    with pytest.raises(ValueError, match=r'layer=99 does not exist.*5 blocks.*0\.\.4'):
+        run_cli([str(video_dir / 'sub'), '--out', str(out), *BASE, '--workers', '0', '--layer', '99'])
+    assert not out.exists()
+
+
+def test_model_errors_fail_the_videos_with_the_reason(video_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    def out_of_memory(self, clips):
+        raise RuntimeError('CUDA out of memory')
+
+    monkeypatch.setattr(F.FeatureRunner, '__call__', out_of_memory)
+    out = tmp_path / 'out'
+    rc = run_cli([str(video_dir / 'sub'), '--out', str(out), *BASE, '--workers', '0'])
     assert rc == 1
     summary = summary_of(out)
     assert summary['counts'] == {'ok': 0, 'failed': 2, 'skipped': 0}

@@ -10,10 +10,15 @@ the list file; blank lines and ``#`` comments are ignored). Every video gets
 ``OUT/<path relative to its input root>`` with the video suffix replaced by ``.npy`` or
 ``.safetensors`` and a sidecar ``<that name>.json`` holding the clip frames and times. The sidecar
 is written last, through a temp file and a rename, and records the feature file's size: it is the
-completion marker, so a run that is interrupted and started again skips exactly the finished
-videos. ``OUT/summary.json`` lists every input as ``ok``, ``failed`` (with the reason) or
-``skipped`` (already finished), with its clip count and duration in seconds; the exit status is 1
-when any input failed.
+completion marker. It also records what produced the features: a SHA-256 of the weights, every
+setting, and the input's resolved path, size and modification time. A run started again skips a
+video only when all of these match, so replaced weights or a replaced video are extracted again.
+``OUT/summary.json`` lists every input as ``ok``, ``failed`` (with the reason), ``skipped``
+(already finished) or, while the run is going (``complete: false``), ``pending``, with its clip
+count and duration in seconds; it is rewritten atomically at the start, every few seconds while
+videos finish, and at the end. The exit status is 1 when any input failed. One run at a time
+writes into an ``--out``: a second one stops at once, naming the process that holds the folder
+(an advisory lock on ``OUT/.extract.lock``, released by the kernel even when a run is killed).
 
 Decoding runs in DataLoader worker processes: an IterableDataset shards the videos across the
 workers, each sending pieces of a few clips; the main process joins pieces from all workers and
@@ -23,22 +28,25 @@ videos into model batches of exactly ``--batch-size`` clips, so short videos sti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path, PurePath
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fima_models._atomic import FolderLock, atomic_write_bytes, describe_os_error
 from fima_models.features import (
-    FORMATS, LEVELS, POOLINGS, FeatureAccumulator, atomic_write_bytes, build_transform,
+    FORMATS, LEVELS, POOLINGS, FeatureAccumulator, NonFiniteFeaturesError, build_transform, check_layer,
     extraction_config, iter_clip_chunks, load_model, pool_maps, prepare_clips, prepare_inference,
-    raw_clip_limit, read_sidecar, resolve_amp, resolve_device, resolve_pooling, save_features,
+    raw_clip_limit, read_sidecar, resolve_amp, resolve_device, resolve_pooling, save_features, weights_digest,
 )
 from fima_models.inference import configure_allocator
 from fima_models.transforms import EvalTransform
@@ -69,6 +77,8 @@ running the same command again skips finished videos. Exit status 1 when any inp
 Multi-GPU: torchrun --nproc-per-node N -m fima_models.cli extract ... --device cuda
 """
 SUMMARY_VERSION = 1
+#: Least seconds between two rewrites of the interim summary while videos finish.
+SUMMARY_INTERVAL = 5.0
 _BARRIER_TIMEOUT = timedelta(days=7)
 #: Clips per piece a worker decodes and sends at once; the main process joins pieces into batches.
 PIECE_CLIPS = 8
@@ -102,8 +112,23 @@ def _mirror(path: Path, root: Optional[Path]) -> PurePath:
     return PurePath(path.name)
 
 
+_NOT_A_VIDEO_DIR = "'{path}' is a directory, not a video file, and holds no video files"
+_LISTED_DIR = "'{path}' is a directory, not a video file; pass the folder itself as an INPUT to search it for videos"
+
+
 def _read_list(list_file: Path) -> Iterator[Path]:
-    for line in list_file.read_text(encoding='utf-8').splitlines():
+    try:
+        text = list_file.read_bytes().decode('utf-8')
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"list file '{list_file}' is not UTF-8 text (byte {err.start}); a list holds one video path per line. "
+            'Pass videos directly, or re-save the list as UTF-8') from None
+    except OSError as err:
+        raise ValueError(f"cannot read list file '{list_file}': {err.strerror}") from None
+    if '\x00' in text:
+        raise ValueError(f"list file '{list_file}' is a binary file, not a text list of video paths; pass videos "
+                         'directly, or a .txt file with one path per line')
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith('#'):
             continue
@@ -124,7 +149,9 @@ def collect_inputs(inputs: Sequence[str]) -> Tuple[List[VideoJob], List[Dict[str
         path = Path(item).expanduser()
         if path.is_dir():
             found = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
-            if not found:
+            if not found and path.suffix.lower() in VIDEO_EXTENSIONS:
+                problems.append(_record(path, 'failed', reason=_NOT_A_VIDEO_DIR.format(path=path)))
+            elif not found:
                 _LOGGER.warning("no video files (%s) found under '%s'", ' '.join(VIDEO_EXTENSIONS), path)
             candidates += [(p, _mirror(p, path)) for p in found]
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
@@ -136,6 +163,9 @@ def collect_inputs(inputs: Sequence[str]) -> Tuple[List[VideoJob], List[Dict[str
     seen_files: Dict[Path, Path] = {}
     seen_outputs: Dict[PurePath, Path] = {}
     for path, rel in candidates:
+        if path.is_dir():
+            problems.append(_record(path, 'failed', reason=_LISTED_DIR.format(path=path)))
+            continue
         if not path.is_file():
             problems.append(_record(path, 'failed', reason=f"no such file: '{path}'; check the path or list entry"))
             continue
@@ -369,8 +399,38 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.workers < 0:
         raise ValueError(f'--workers must be >= 0, got {args.workers}')
+    if args.size is not None and args.size < 1:
+        raise ValueError(f'--size must be >= 1, got {args.size}')
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f'--fps must be a positive frame rate such as 25 or 29.97, got {args.fps}; '
+                         'omit it to keep every frame of the video')
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out '{args.out}' exists and is not a folder; choose another output folder")
+
+
+def _open_out(out: Path, rank: int) -> contextlib.ExitStack:
+    """Create the output folder and (on rank 0) lock it against a second run; OS errors become one line.
+
+    The ranks of one torchrun share the folder, so only rank 0 takes the lock.
+    """
+    stack = contextlib.ExitStack()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            stack.enter_context(FolderLock(out, 'extract'))
+    except OSError as err:
+        stack.close()
+        raise RuntimeError(describe_os_error(err, out)) from err
+    return stack
+
+
+def _source_id(path: Path) -> Dict[str, Any]:
+    """What identifies an input file's content cheaply: resolved path, size and modification time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return {'path': str(path)}
+    return {'path': str(path.resolve()), 'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
 
 
 @dataclass
@@ -381,7 +441,12 @@ class _RunState:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fima-models extract``; returns 0 when no input failed, else 1."""
+    """Run ``fima-models extract``; returns 0 when no input failed, else 1.
+
+    Raises:
+        ValueError: invalid options (before any work).
+        RuntimeError: ``--out`` cannot be created or written, or another run is writing into it.
+    """
     _check_args(args)
     rank, world_size, local_rank = _dist_env()
     created_group = _init_dist(world_size)
@@ -394,6 +459,44 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+class _SummaryWriter:
+    """Writes ``summary.json`` atomically: at the start, at most every ``interval`` s while videos finish, at the end.
+
+    While the run is going the summary says ``complete: false`` and lists unfinished videos as
+    ``pending``, so an interrupted run never leaves a summary that describes another run. Only
+    rank 0 writes it; with several ranks, the videos of the others show as pending until the end.
+    """
+
+    def __init__(self, args: argparse.Namespace, config: Dict[str, Any], world_size: int, rank: int,
+                 everything: Dict[int, Dict[str, Any]], interval: float = SUMMARY_INTERVAL) -> None:
+        self.args, self.config, self.world_size, self.rank = args, config, world_size, rank
+        self.everything = everything
+        self.interval = interval
+        self.last = -math.inf
+        self.warned = False
+
+    def maybe_write(self, state: '_RunState', elapsed: float) -> None:
+        """Rewrite the interim summary if ``interval`` seconds passed since the last write."""
+        if self.rank != 0 or time.monotonic() - self.last < self.interval:
+            return
+        records = {**self.everything, **state.records}
+        part = {'records': {str(k): v for k, v in records.items()}, 'clips': state.clips, 'elapsed': elapsed}
+        self.write(_merge_summaries([part], self.args, self.config, self.world_size, complete=False))
+
+    def write(self, summary: Dict[str, Any]) -> bool:
+        """Write ``summary``; on an OS error log one line (once) and return False."""
+        self.last = time.monotonic()
+        path = self.args.out / SUMMARY_NAME
+        try:
+            atomic_write_bytes(path, json.dumps(summary, indent=1).encode('utf-8'))
+        except OSError as err:
+            if not self.warned:
+                _LOGGER.error('%s', describe_os_error(err, path))
+                self.warned = True
+            return False
+        return True
+
+
 def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) -> int:
     device = resolve_device(args.device)
     if device.type == 'cuda' and device.index is None and world_size > 1:
@@ -403,12 +506,26 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
     spatial, temporal = resolve_pooling(args.level, args.spatial_pool, args.temporal_pool)
 
     model = load_model(args.model, pretrained=args.pretrained)
+    check_layer(model, args.layer)
     transform = build_transform(model, size=args.size)
     config = extraction_config(args.clip_len, args.stride, args.step, args.level, spatial, temporal,
                                args.layer, transform, args.fps, amp)
-    fingerprint = json.loads(json.dumps({'model': args.model, 'pretrained': bool(args.pretrained),
-                                         'format': args.format, **config}))
+    # what produced a result: the weights themselves (not their name), every setting, and the code path
+    fingerprint = json.loads(json.dumps({'model': args.model, 'weights_sha256': weights_digest(model),
+                                         'pretrained': bool(args.pretrained), 'format': args.format,
+                                         'optimize': bool(args.optimize), **config}))
 
+    with _open_out(args.out, rank):
+        return _run_in_out(args, rank, world_size, model, device, amp, transform, spatial, temporal, config,
+                           fingerprint)
+
+
+def _run_in_out(
+        args: argparse.Namespace, rank: int, world_size: int, model: torch.nn.Module, device: torch.device,
+        amp: Optional[str], transform: EvalTransform, spatial: str, temporal: str, config: Dict[str, Any],
+        fingerprint: Dict[str, Any],
+) -> int:
+    """The extraction proper, once every option is checked and ``--out`` is created and locked."""
     jobs, problems = collect_inputs(args.inputs)
     all_records: Dict[int, Dict[str, Any]] = {}
     if rank == 0:
@@ -416,24 +533,31 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
             all_records[len(jobs) + i] = problem
     state = _RunState(records=all_records)
     pending: List[VideoJob] = []
+    sources: Dict[int, Dict[str, Any]] = {}
     for job in jobs[rank::world_size]:
         out_path = _output_path(args.out, job.rel, args.format)
+        sources[job.index] = _source_id(job.path)
         meta = None if args.overwrite else read_sidecar(out_path)
-        if meta is not None and meta.get('extraction') == fingerprint:
+        if meta is not None and meta.get('extraction') == fingerprint and meta.get('source') == sources[job.index]:
             state.records[job.index] = _record(
                 job.path, 'skipped', output=str(out_path.relative_to(args.out)), num_clips=meta.get('num_clips', 0),
-                seconds=meta.get('duration'), reason='already extracted with the same settings')
+                seconds=meta.get('duration'), reason='already extracted from the same file with the same weights '
+                                                     'and settings')
             continue
         if meta is not None:
-            _LOGGER.info("'%s' was extracted with other settings; extracting it again", out_path)
+            _LOGGER.info("'%s' was extracted from another file, weights or settings; extracting it again", out_path)
         pending.append(job)
 
+    everything = {job.index: _record(job.path, 'pending') for job in jobs}
+    everything.update(all_records)
+    summaries = _SummaryWriter(args, config, world_size, rank, everything)
     started = time.perf_counter()
+    summaries.maybe_write(state, 0.0)
     if pending:
-        _extract(args, pending, model, device, amp, transform, spatial, temporal, config, fingerprint, state, rank)
+        _extract(args, pending, model, device, amp, transform, spatial, temporal, config, fingerprint, sources,
+                 state, rank, lambda: summaries.maybe_write(state, time.perf_counter() - started))
     elapsed = time.perf_counter() - started
 
-    args.out.mkdir(parents=True, exist_ok=True)
     partial = _partial_summary(state, elapsed)
     if world_size == 1:
         summary = _merge_summaries([partial], args, config, world_size)
@@ -450,15 +574,16 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
                 p.unlink()
         _barrier(world_size)
     if summary is not None:
-        atomic_write_bytes(args.out / SUMMARY_NAME, json.dumps(summary, indent=1).encode('utf-8'))
+        written = summaries.write(summary)
         counts = summary['counts']
         print(f"extracted {counts['ok']} video(s), skipped {counts['skipped']}, failed {counts['failed']}; "
               f"{summary['clips']} clips in {summary['elapsed_seconds']:.1f} s "
-              f"({summary['clips_per_second']:.1f} clips/s); summary: {args.out / SUMMARY_NAME}")
+              f"({summary['clips_per_second']:.1f} clips/s); "
+              + (f'summary: {args.out / SUMMARY_NAME}' if written else 'the summary could not be written'))
         for entry in summary['videos']:
             if entry['status'] == 'failed':
                 _LOGGER.error("failed: '%s': %s", entry['input'], entry['reason'])
-        return 1 if counts['failed'] else 0
+        return 1 if counts['failed'] or not written else 0
     return 1 if any(r['status'] == 'failed' for r in state.records.values()) else 0
 
 
@@ -507,7 +632,8 @@ class _ClipQueue:
 def _extract(
         args: argparse.Namespace, pending: List[VideoJob], model: torch.nn.Module, device: torch.device,
         amp: Optional[str], transform: EvalTransform, spatial: str, temporal: str, config: Dict[str, Any],
-        fingerprint: Dict[str, Any], state: _RunState, rank: int,
+        fingerprint: Dict[str, Any], sources: Dict[int, Dict[str, Any]], state: _RunState, rank: int,
+        on_finished: Callable[[], None],
 ) -> None:
     """Decode, run and save the pending videos, recording each outcome in ``state``.
 
@@ -546,6 +672,7 @@ def _extract(
         bar.update(1)
         rate = state.clips / max(time.perf_counter() - started, 1e-9)
         bar.set_postfix_str(f'{rate:.1f} clips/s', refresh=False)
+        on_finished()
 
     def run_queued(count: int) -> None:
         clips, meta = queue.take(count)
@@ -564,7 +691,14 @@ def _extract(
             assert accumulator is not None, 'a finished video without clips'
             result = accumulator.result(args.model, event['fps'], event['num_frames'], padded=event['padded'],
                                         config=config)
-            save_features(result, out_path, extra={'input': str(job.path), 'extraction': fingerprint})
+            save_features(result, out_path, extra={'input': str(job.path), 'extraction': fingerprint,
+                                                   'source': sources[index]})
+        except NonFiniteFeaturesError as exc:
+            finish(index, 'failed', reason=str(exc))
+            return
+        except OSError as exc:  # disk full, read-only: the earlier file of that name stays as it was
+            finish(index, 'failed', reason=describe_os_error(exc, out_path))
+            return
         except Exception as exc:  # noqa: BLE001 - one unwritable output must not stop the rest
             finish(index, 'failed', reason=f'could not write the features: {_reason(exc)}')
             return
@@ -627,6 +761,7 @@ def _partial_summary(state: _RunState, elapsed: float) -> Dict[str, Any]:
 
 def _merge_summaries(
         parts: List[Dict[str, Any]], args: argparse.Namespace, config: Dict[str, Any], world_size: int,
+        complete: bool = True,
 ) -> Dict[str, Any]:
     """One summary from the per-rank partial ones, videos in input order."""
     records: Dict[int, Dict[str, Any]] = {}
@@ -636,14 +771,16 @@ def _merge_summaries(
     clips = sum(int(p['clips']) for p in parts)
     elapsed = max((float(p['elapsed']) for p in parts), default=0.0)
     done = sum(1 for v in videos if v['status'] == 'ok')
+    statuses = ('ok', 'failed', 'skipped') if complete else ('ok', 'failed', 'skipped', 'pending')
     return {
         'version': SUMMARY_VERSION,
+        'complete': complete,
         'model': args.model,
         'pretrained': bool(args.pretrained),
         'format': args.format,
         'config': config,
         'world_size': world_size,
-        'counts': {s: sum(1 for v in videos if v['status'] == s) for s in ('ok', 'failed', 'skipped')},
+        'counts': {s: sum(1 for v in videos if v['status'] == s) for s in statuses},
         'clips': clips,
         'elapsed_seconds': elapsed,
         'clips_per_second': clips / elapsed if elapsed > 0 else 0.0,
