@@ -1,33 +1,40 @@
 """Frame-exact video reading with PyAV.
 
-:class:`VideoReader` opens a file, indexes its video packets once (demuxing only,
-no decoding) and serves clips by frame index::
+:class:`VideoReader` opens a file, indexes it once and serves clips by frame index::
 
     reader = VideoReader("clip.mp4")
-    clip = reader.get_clip(start=10, num_frames=16, step=2)   # uint8 [16, H, W, 3] RGB
+    clip = reader.get_clip(start=10, num_frames=16, step=2)   # uint8 [16, H, W, 3] RGB, upright
 
-Frame ``i`` is the ``i``-th frame a full decode of the file produces. The index is
-the sorted list of presentation timestamps (pts) of the demuxed packets, so a
-clip is fetched by seeking to the last keyframe at or before its first frame,
-decoding forward and keeping the frames whose pts are wanted. Container metadata
-(frame count, duration, nominal rate) is never trusted for counting.
+Frame ``i`` is the ``i``-th picture a plain sequential decode of the file yields, whatever
+the container's timestamps say (see :mod:`fima_models.video_index` for how each frame is
+found). Clips are fetched by seeking to a keyframe at or before the first wanted frame and
+decoding forward; what a seek lands on is identified by its keyframe picture and every
+following picture's timestamp is checked against the index.
 
 Robustness rules:
 
-* Seek overshoot (MPEG-4 in AVI with B-frames often lands on a later keyframe) is
-  detected from the first keyframe the decoder returns; the reader then seeks to
-  an earlier keyframe, and as a last resort decodes from the start of the file.
-* A packet the demuxer flags as corrupt (a truncated file's final partial packet)
-  ends the usable stream, so ``num_frames`` counts only frames that can be served.
-* Decoder errors, frames the decoder flags as corrupt, and wanted frames that
-  never come out raise :class:`VideoDecodeError` naming the file and the reason;
-  no frame is ever substituted silently.
-* Files whose packets carry no usable timestamps are read sequentially from the
-  start (slow but exact).
+* Files whose timestamps cannot give the frame order (DivX packed B-frames, decode-order
+  timestamps, missing or duplicate timestamps, leading non-key frames) are indexed by one
+  decode pass when opened, logged once with the reason. A picture that comes out where the
+  index does not expect it switches the reader to that decode-pass index (timestamp index)
+  or to decoding from the start of the file (decode-pass index), logged once.
+* Seek overshoot (the demuxer lands after the clip) is detected from the keyframe picture;
+  the reader then seeks to an earlier keyframe, and as a last resort decodes from the start.
+* A packet the demuxer flags as corrupt (a truncated file's final partial packet) ends the
+  usable stream, so ``num_frames`` counts only frames that can be served.
+* Decoder errors, pictures the decoder flags as corrupt, and wanted frames that never come
+  out raise :class:`VideoDecodeError` naming the file and the reason; no frame is ever
+  substituted silently.
+* A display matrix (phone videos) is applied: frames come back upright and ``height`` /
+  ``width`` describe them; ``rotate=False`` keeps the stored orientation.
 
-With ``fps=...`` the reader resamples to a target frame rate: frame ``j`` is the
-source frame shown at time ``j / fps`` (the latest source frame whose timestamp
-is at or before that time).
+With ``fps=...`` the reader resamples to a target frame rate: frame ``j`` is the source frame
+shown at time ``j / fps`` (the latest source frame whose timestamp is at or before that time;
+files with untrusted timestamps are taken as constant-rate).
+
+:func:`probe_video` indexes a file exactly (demux and decode passes) and reports what the data
+set index and ``fima-models check-videos`` show: decodable and claimed frames, rate, size,
+codec, rotation and whether the fast timestamp path is exact.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import os
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import av
 import av.error
@@ -47,7 +54,20 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-__all__ = ["VideoReader", "VideoDecodeError", "VideoInfo", "probe_video", "write_video"]
+from fima_models.video_index import (
+    DECODED,
+    TIMESTAMPS,
+    FrameIndex,
+    decode_index,
+    decoded_frames,
+    describe_error,
+    display_rotation,
+    measured_fps,
+    probe_index,
+    scan_packets,
+)
+
+__all__ = ["VideoReader", "VideoDecodeError", "VideoInfo", "FrameIndex", "probe_video", "write_video"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +75,8 @@ _LOGGER = logging.getLogger(__name__)
 _MAX_SEEK_RETRIES = 3
 #: A new seek is made between two wanted frames only when it skips more frames than this.
 _MIN_SKIP_TO_SEEK = 8
+#: Rate assumed when a file neither states one nor has timestamps to measure it from.
+_FALLBACK_FPS = 25.0
 
 
 class VideoDecodeError(RuntimeError):
@@ -63,45 +85,122 @@ class VideoDecodeError(RuntimeError):
     Attributes:
         path: the offending file.
         reason: what went wrong.
+        hint: what the user can do about it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        reason: str,
+        hint: str = "Re-encode or re-download the file, or exclude it from the data set.",
+    ) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(
-            f"cannot decode video '{self.path}': {reason}. "
-            "Re-encode or re-download the file, or exclude it from the data set."
-        )
+        self.hint = hint
+        super().__init__(f"cannot decode video '{self.path}': {reason}. {hint}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason, self.hint))
 
 
 class VideoInfo(dict):
-    """Light metadata of one video: ``num_frames``, ``fps``, ``duration``, ``height``, ``width``."""
+    """Metadata of one probed video (see :func:`probe_video` for the keys)."""
 
 
-def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
-    """Index a video once and return its metadata (used by dataset indexing).
+def probe_video(path: str | os.PathLike[str], strict: bool = True) -> VideoInfo:
+    """Index a video exactly (demux pass and one decode pass) and describe it.
 
     Args:
         path: video file.
+        strict: as for :class:`VideoReader` (False accepts pictures the decoder concealed errors in).
 
     Returns:
-        A :class:`VideoInfo` with ``num_frames``, ``fps``, ``duration``, ``height``, ``width``.
+        A :class:`VideoInfo` with ``num_frames`` (decodable frames), ``claimed_frames`` (what
+        the container states, 0 when it states nothing), ``packets``, ``fps``, ``duration``,
+        ``height`` and ``width`` (upright), ``codec``, ``rotation`` (degrees), ``fast_seek``
+        (whether frame order can be taken from the timestamps), ``reason`` (why not) and
+        ``frame_index`` (the index in :meth:`FrameIndex.to_dict` form, which
+        :class:`VideoReader` accepts to skip indexing).
 
     Raises:
         FileNotFoundError: the file does not exist.
         VideoDecodeError: the file is unreadable or holds no decodable frame.
     """
-    with VideoReader(path, threads=1) as reader:
-        return VideoInfo(
+    _check_path(Path(path))
+    opener = _Opener(Path(path), threads=1, thread_type="AUTO", strict=strict)
+    container = opener.open()
+    try:
+        index, scan = probe_index(container, opener.open, path)
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(path, f"decoding failed ({describe_error(exc)})") from exc
+    except ValueError as exc:
+        raise VideoDecodeError(path, str(exc)) from exc
+    finally:
+        opener.close_all()
+    with VideoReader(path, threads=1, strict=strict, frame_index=index) as reader:
+        stream = reader._open().streams.video[0]
+        info = VideoInfo(
             num_frames=reader.num_frames,
+            claimed_frames=int(stream.frames or 0),
+            packets=scan.packets,
             fps=reader.fps,
             duration=reader.duration,
             height=reader.height,
             width=reader.width,
+            codec=stream.codec_context.name,
+            rotation=index.rotation,
+            fast_seek=index.mode == TIMESTAMPS,
+            reason=index.reason,
+            frame_index=index.to_dict(),
         )
+    return info
+
+
+def _check_path(path: Path) -> None:
+    if path.is_dir():
+        raise VideoDecodeError(path, "it is a directory, not a video file",
+                               hint="Pass the video files inside it, or correct the path.")
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: '{path}'. Check the path or the data set root.")
+
+
+class _Opener:
+    """Opens the file's container with the decoder configured (threads, strictness)."""
+
+    def __init__(self, path: Path, threads: int, thread_type: str, strict: bool) -> None:
+        self.path = path
+        self.threads = threads
+        self.thread_type = thread_type
+        self.strict = strict
+        self._opened: list[av.container.InputContainer] = []
+
+    def open(self) -> av.container.InputContainer:
+        try:
+            container = av.open(str(self.path), mode="r", metadata_errors="ignore")
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(self.path, f"not a readable media file ({describe_error(exc)})") from exc
+        if not container.streams.video:
+            container.close()
+            raise VideoDecodeError(self.path, "the file has no video stream")
+        ctx = container.streams.video[0].codec_context
+        ctx.thread_type = self.thread_type
+        ctx.thread_count = self.threads
+        if self.strict:
+            ctx.options = {**dict(ctx.options), "err_detect": "crccheck+bitstream+buffer+explode"}
+        self._opened.append(container)
+        return container
+
+    def close_all(self) -> None:
+        for container in self._opened:
+            container.close()
+        self._opened.clear()
+
+
+class _IndexMismatch(Exception):
+    """Decoding produced a picture the index does not predict at that position."""
+
+
+_DONE, _OVERSHOT, _MISMATCH = "done", "overshot", "mismatch"
 
 
 class VideoReader:
@@ -116,10 +215,14 @@ class VideoReader:
         thread_type: FFmpeg threading mode: ``"AUTO"``, ``"FRAME"`` or ``"SLICE"``.
         strict: ask the decoder to fail on bitstream errors (``err_detect=explode``)
             instead of concealing them; frames flagged corrupt are rejected either way.
+        rotate: apply the file's display rotation (default); False returns the pictures
+            as stored.
+        frame_index: a :class:`FrameIndex`, or its :meth:`FrameIndex.to_dict` form from
+            :func:`probe_video` / the data set index; skips indexing at open.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        VideoDecodeError: the file is not a readable video or has no frames.
+        VideoDecodeError: the file is not a readable video, has no frames, or is a directory.
     """
 
     def __init__(
@@ -129,114 +232,115 @@ class VideoReader:
         threads: int = 0,
         thread_type: str = "AUTO",
         strict: bool = True,
+        rotate: bool = True,
+        frame_index: FrameIndex | dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"video file not found: '{self.path}'. Check the path or the data set root.")
+        _check_path(self.path)
         if fps is not None and fps <= 0:
             raise ValueError(f"target fps must be positive, got {fps}")
         self.threads = int(threads)
         self.thread_type = thread_type
         self.strict = strict
+        self.rotate = rotate
         self.target_fps = float(fps) if fps is not None else None
         self._container: av.container.InputContainer | None = None
         self._reformatter: VideoReformatter | None = None
-        self._frame_pts: list[int] = []
-        self._key_pts: list[int] = []
-        self._sequential = False
+        self._seek_disabled = False
         try:
-            self._scan()
+            self._index = self._load_index(frame_index)
+            self._configure()
         except BaseException:
             self._rewind()
             raise
 
     # ------------------------------------------------------------------ opening
+    def _opener(self) -> _Opener:
+        return _Opener(self.path, self.threads, self.thread_type, self.strict)
+
     def _open(self) -> av.container.InputContainer:
-        """Open (or return the already open) container and configure its decoder."""
-        if self._container is not None:
-            return self._container
-        try:
-            container = av.open(str(self.path), mode="r", metadata_errors="ignore")
-        except av.error.FFmpegError as exc:
-            raise VideoDecodeError(self.path, f"not a readable media file ({_reason(exc)})") from exc
-        if not container.streams.video:
-            container.close()
-            raise VideoDecodeError(self.path, "the file has no video stream")
-        stream = container.streams.video[0]
-        ctx = stream.codec_context
-        ctx.thread_type = self.thread_type
-        ctx.thread_count = self.threads
-        if self.strict:
-            ctx.options = {**dict(ctx.options), "err_detect": "crccheck+bitstream+buffer+explode"}
-        self._container = container
-        return container
+        """Open (or return the already open) container."""
+        if self._container is None:
+            self._container = self._opener().open()
+        return self._container
 
-    def _scan(self) -> None:
-        """Index packets once: presentation timestamps of frames and of keyframes."""
+    def _load_index(self, given: FrameIndex | dict[str, Any] | None) -> FrameIndex:
+        """The frame index: the one given, else a demux pass, else (untrusted timestamps) a decode pass."""
+        if isinstance(given, FrameIndex):
+            return given
+        if given is not None and given.get("mode") == DECODED:
+            return FrameIndex(DECODED, tuple(given["pts"]), tuple(given["seek_points"]),
+                              int(given.get("rotation", 0)), str(given.get("reason", "")))
         container = self._open()
-        stream = container.streams.video[0]
-        pts: list[int | None] = []
-        keys: list[int] = []
         try:
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:
-                    continue
-                if packet.is_corrupt:
-                    # A truncated file's last packet: it and every frame shown after it are lost
-                    # (B-frames that follow it in decode order may reference it).
-                    _LOGGER.warning("%s: corrupt packet at pts %s; the video ends there", self.path, packet.pts)
-                    if packet.pts is not None:
-                        cut = packet.pts
-                        pts = [p for p in pts if p is None or p < cut]
-                        keys = [k for k in keys if k < cut]
-                    break
-                pts.append(packet.pts)
-                if packet.is_keyframe and packet.pts is not None:
-                    keys.append(packet.pts)
+            scan = scan_packets(container, self.path)
         except av.error.FFmpegError as exc:
-            if not pts:
-                raise VideoDecodeError(self.path, f"demuxing failed ({_reason(exc)})") from exc
-            _LOGGER.warning("%s: demuxing stopped early (%s); using %d frames", self.path, _reason(exc), len(pts))
-        if not pts:
+            raise VideoDecodeError(self.path, f"demuxing failed ({describe_error(exc)})") from exc
+        finally:
+            self._rewind()
+        if scan.packets == 0:
             raise VideoDecodeError(self.path, "the video stream contains no frames")
-        if any(p is None for p in pts) or len(set(pts)) != len(pts):
-            _LOGGER.info("%s: packets lack unique timestamps; reading sequentially", self.path)
-            self._sequential = True
-            self._frame_pts = list(range(len(pts)))
-            self._key_pts = []
-        else:
-            self._frame_pts = sorted(p for p in pts if p is not None)
-            self._key_pts = sorted(keys)
-        self._time_base = stream.time_base or Fraction(1, 1)
-        self.height = int(stream.codec_context.height)
-        self.width = int(stream.codec_context.width)
-        if self.height <= 0 or self.width <= 0:
-            raise VideoDecodeError(self.path, "the video stream has no frame size")
-        self._source_fps, self._source_duration = self._timing(stream)
-        self._resample_map = self._build_resample_map() if self.target_fps is not None else None
+        if given is not None and not scan.distrust and len(scan.sorted_pts) == int(given["num_frames"]):
+            return scan.frame_index(int(given.get("rotation", 0)))
+        if given is not None:
+            _LOGGER.warning("%s: the file no longer matches its stored index; indexing it again", self.path)
+        if scan.distrust:
+            _LOGGER.info("%s: %s; indexing the frames by decoding the file once", self.path, scan.distrust)
+            return self._decode_pass(scan.distrust)
+        return scan.frame_index(self._first_rotation())
 
-    def _timing(self, stream: av.video.stream.VideoStream) -> tuple[float, float]:
-        """Source frame rate and duration measured from timestamps (metadata as fallback)."""
-        n = len(self._frame_pts)
+    def _decode_pass(self, reason: str) -> FrameIndex:
+        """Index by decoding the whole file once (no pixel conversion)."""
+        try:
+            return decode_index(self._open(), self.path, reason)
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(self.path, f"decoding failed ({describe_error(exc)})") from exc
+        except ValueError as exc:
+            raise VideoDecodeError(self.path, str(exc)) from exc
+        finally:
+            self._rewind()
+
+    def _first_rotation(self) -> int:
+        """Display rotation, read from the first picture's display matrix."""
+        try:
+            frame = next(iter(decoded_frames(self._open())), None)
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(self.path, f"decoding failed ({describe_error(exc)})") from exc
+        finally:
+            self._rewind()
+        if frame is None:
+            raise VideoDecodeError(self.path, "the decoder produced no picture")
+        return display_rotation(frame, self.path)
+
+    def _configure(self) -> None:
+        """Sizes, timing and the seek table of the current index."""
+        index = self._index
+        if index.num_frames == 0:
+            raise VideoDecodeError(self.path, "the video stream contains no frames")
+        stream = self._open().streams.video[0]
+        self._time_base = stream.time_base or Fraction(1, 1)
+        height, width = int(stream.codec_context.height), int(stream.codec_context.width)
+        if height <= 0 or width <= 0:
+            raise VideoDecodeError(self.path, "the video stream has no frame size")
+        self.rotation = index.rotation
+        self._quarter_turns = (index.rotation // 90) % 4 if self.rotate else 0
+        self.height, self.width = (width, height) if self._quarter_turns % 2 else (height, width)
+        self._seek_pts = {index.pts[k]: k for k in index.seek_points}
         nominal = stream.average_rate or stream.guessed_rate or stream.base_rate
-        nominal_fps = float(nominal) if nominal else 0.0
-        if not self._sequential and n > 1:
-            span = float((self._frame_pts[-1] - self._frame_pts[0]) * self._time_base)
-            if span > 0:
-                fps = (n - 1) / span
-                return fps, n / fps
-        fps = nominal_fps if nominal_fps > 0 else 25.0
-        return fps, n / fps
+        fps = measured_fps(index.pts, self._time_base) or (float(nominal) if nominal else _FALLBACK_FPS)
+        self._source_fps = fps
+        self._source_duration = index.num_frames / fps
+        self._resample_map = self._build_resample_map() if self.target_fps is not None else None
 
     def _build_resample_map(self) -> np.ndarray:
         """Source frame index for every frame of the target-fps timeline."""
         assert self.target_fps is not None
-        n = len(self._frame_pts)
-        if self._sequential:
-            times = np.arange(n) / self._source_fps
+        n = self._index.num_frames
+        if self._index.mode == TIMESTAMPS:
+            p0 = self._index.pts[0]
+            times = np.array([float((p - p0) * self._time_base) for p in self._index.pts])  # type: ignore[operator]
         else:
-            p0 = self._frame_pts[0]
-            times = np.array([float((p - p0) * self._time_base) for p in self._frame_pts])
+            times = np.arange(n) / self._source_fps  # untrusted timestamps: constant rate
         count = max(1, int(np.floor(self._source_duration * self.target_fps + 1e-6)))
         wanted = np.arange(count) / self.target_fps
         return np.clip(np.searchsorted(times, wanted + 1e-9, side="right") - 1, 0, n - 1)
@@ -249,11 +353,21 @@ class VideoReader:
 
     # ------------------------------------------------------------------ metadata
     @property
+    def frame_index(self) -> FrameIndex:
+        """The index frames are served from."""
+        return self._index
+
+    @property
+    def fast_seek(self) -> bool:
+        """Whether frame order comes from the container's timestamps (no decode pass was needed)."""
+        return self._index.mode == TIMESTAMPS
+
+    @property
     def num_frames(self) -> int:
         """Number of frames :meth:`get_clip` can serve (after resampling, if any)."""
         if self._resample_map is not None:
             return int(len(self._resample_map))
-        return len(self._frame_pts)
+        return self._index.num_frames
 
     @property
     def fps(self) -> float:
@@ -268,7 +382,7 @@ class VideoReader:
     @property
     def source_num_frames(self) -> int:
         """Number of decodable frames in the file itself."""
-        return len(self._frame_pts)
+        return self._index.num_frames
 
     def __len__(self) -> int:
         return self.num_frames
@@ -289,7 +403,7 @@ class VideoReader:
             step: stride between frames (>= 1).
 
         Returns:
-            uint8 tensor ``[num_frames, H, W, 3]``, RGB, native resolution.
+            uint8 tensor ``[num_frames, H, W, 3]``, RGB, native resolution, upright.
 
         Raises:
             IndexError: a requested index lies outside ``[0, num_frames)``.
@@ -303,8 +417,7 @@ class VideoReader:
                 f"clip frames {start}..{last} (step {step}) outside '{self.path}' which has "
                 f"{self.num_frames} frames; use a clip sampler to pick valid indices"
             )
-        indices = list(range(start, last + 1, step))
-        return self.get_frames(indices)
+        return self.get_frames(list(range(start, last + 1, step)))
 
     def get_frames(self, indices: list[int] | np.ndarray) -> torch.Tensor:
         """Decode an arbitrary, possibly repeating, list of frame indices.
@@ -322,158 +435,50 @@ class VideoReader:
             raise IndexError(f"frame indices must lie in [0, {self.num_frames}) for '{self.path}'")
         src = self._resample_map[idx] if self._resample_map is not None else idx
         unique = np.unique(src)
-        decoded = self._decode_sources(unique.tolist())
+        try:
+            decoded = self._decode_sources(unique.tolist())
+        except _IndexMismatch as exc:
+            self._switch_to_decoded_index(str(exc))
+            decoded = self._decode_sources(unique.tolist())
         out = np.empty((idx.size, self.height, self.width, 3), dtype=np.uint8)
         pos = np.searchsorted(unique, src)
         for k, p in enumerate(pos):
             out[k] = decoded[int(p)]
         return torch.from_numpy(out)
 
+    def _switch_to_decoded_index(self, why: str) -> None:
+        """The timestamps misled: index by decoding, keep serving (logged once per reader)."""
+        _LOGGER.warning("%s: %s; indexing the frames by decoding the file once", self.path, why)
+        old_count = self._index.num_frames
+        self._index = self._decode_pass(f"timestamps disagree with decoding ({why})")
+        self._configure()
+        if self._index.num_frames != old_count:
+            _LOGGER.warning("%s: %d decodable frames, not %d as the packets claim", self.path,
+                            self._index.num_frames, old_count)
+            if self._index.num_frames < old_count:
+                raise VideoDecodeError(
+                    self.path, f"only {self._index.num_frames} of {old_count} frames are decodable",
+                    hint="Open the file again (or rebuild the data set index) to read the decodable frames.")
+
     def _decode_sources(self, sources: list[int]) -> list[np.ndarray]:
         """Decode sorted unique source frame indices; returns arrays in the same order.
 
-        Wanted frames more than ``_MIN_SKIP_TO_SEEK`` frames apart with a keyframe in
-        between are fetched with separate seeks, so several clips spread over a long
-        video never decode the stretches between them.
+        Wanted frames more than ``_MIN_SKIP_TO_SEEK`` frames apart with a seekable keyframe in
+        between are fetched with separate seeks, so several clips spread over a long video
+        never decode the stretches between them.
         """
         result: list[np.ndarray | None] = [None] * len(sources)
-        if self._sequential:
-            wanted = {self._frame_pts[i]: n for n, i in enumerate(sources)}
-            self._decode_from_start_sequential(wanted, result)
-            return self._check_complete(result, sources)
+        seek_points = self._index.seek_points
         groups: list[list[int]] = [[0]]
         for n in range(1, len(sources)):
-            prev_pts, next_pts = self._frame_pts[sources[n - 1]], self._frame_pts[sources[n]]
-            k = bisect.bisect_right(self._key_pts, next_pts) - 1
-            if sources[n] - sources[n - 1] > _MIN_SKIP_TO_SEEK and k >= 0 and self._key_pts[k] > prev_pts:
+            k = bisect.bisect_right(seek_points, sources[n]) - 1
+            if sources[n] - sources[n - 1] > _MIN_SKIP_TO_SEEK and k >= 0 and seek_points[k] > sources[n - 1]:
                 groups.append([n])
             else:
                 groups[-1].append(n)
         for group in groups:
-            wanted = {self._frame_pts[sources[n]]: n for n in group}
-            self._decode_range(self._frame_pts[sources[group[0]]], self._frame_pts[sources[group[-1]]], wanted, result)
-        return self._check_complete(result, sources)
-
-    def _decode_range(
-        self, first_pts: int, last_pts: int, wanted: dict[int, int], result: list[np.ndarray | None]
-    ) -> None:
-        """Fill ``result`` with the wanted frames between ``first_pts`` and ``last_pts``."""
-        k = bisect.bisect_right(self._key_pts, first_pts) - 1
-        for _ in range(_MAX_SEEK_RETRIES):
-            if k < 0:
-                break
-            if self._decode_after_seek(self._key_pts[k], first_pts, last_pts, wanted, result):
-                return
-            _LOGGER.debug("%s: seek to pts %d overshot pts %d; seeking earlier", self.path, self._key_pts[k], first_pts)
-            k -= 1
-        self._rewind()
-        self._decode_after_seek(None, first_pts, last_pts, wanted, result)
-
-    def _decode_after_seek(
-        self,
-        key_pts: int | None,
-        first_pts: int,
-        last_pts: int,
-        wanted: dict[int, int],
-        result: list[np.ndarray | None],
-    ) -> bool:
-        """Seek to ``key_pts`` (None: start of file), decode forward, fill ``result``.
-
-        Returns:
-            False when decoding started after ``first_pts`` (overshoot), else True.
-        """
-        container = self._open()
-        stream = container.streams.video[0]
-        if key_pts is not None:
-            try:
-                container.seek(key_pts, stream=stream, backward=True, any_frame=False)
-            except av.error.FFmpegError as exc:
-                _LOGGER.debug("%s: seek failed (%s); decoding from the start", self.path, _reason(exc))
-                self._rewind()
-                container = self._open()
-                stream = container.streams.video[0]
-                key_pts = None
-        landing: list[tuple[int | None, bool]] = []
-        anchor: int | None = None
-        for frame in self._frames(container, stream, landing):
-            pts = frame.pts
-            if pts is None:
-                raise VideoDecodeError(self.path, "the decoder returned a frame without a timestamp")
-            if anchor is None:
-                land_pts, land_key = landing[0]
-                if key_pts is None:
-                    anchor = -(2**62)  # decoding from the start: every frame is what a full decode gives
-                elif not land_key or land_pts is None or land_pts > first_pts:
-                    return False  # landed after the clip (or off a keyframe): seek earlier
-                else:
-                    anchor = land_pts
-            if pts < anchor:
-                continue  # leading pictures of an open GOP reference data before the seek point
-            n = wanted.get(pts)
-            if n is not None and result[n] is None:
-                result[n] = self._to_rgb(frame)
-            if pts >= last_pts:
-                break
-        return True
-
-    def _decode_from_start_sequential(self, wanted: dict[int, int], result: list[np.ndarray | None]) -> None:
-        """Decode from the start counting output frames (files without usable timestamps)."""
-        self._rewind()
-        container = self._open()
-        stream = container.streams.video[0]
-        last = max(wanted)
-        for count, frame in enumerate(self._frames(container, stream)):
-            n = wanted.get(count)
-            if n is not None:
-                result[n] = self._to_rgb(frame)
-            if count >= last:
-                break
-
-    def _frames(
-        self,
-        container: av.container.InputContainer,
-        stream: Any,
-        landing: list[tuple[int | None, bool]] | None = None,
-    ) -> Iterator[av.VideoFrame]:
-        """Yield decoded frames, stopping at the first corrupt packet and flushing the decoder.
-
-        Args:
-            container: the open container, positioned where decoding starts.
-            stream: its video stream.
-            landing: if given, receives ``(pts, is_keyframe)`` of the first packet read.
-        """
-        ctx = stream.codec_context
-        try:
-            for packet in container.demux(stream):
-                if packet.is_corrupt:
-                    break
-                if packet.size == 0 or packet.is_discard:
-                    continue
-                if landing is not None and not landing:
-                    landing.append((packet.pts, bool(packet.is_keyframe)))
-                for frame in ctx.decode(packet):
-                    self._check_frame(frame)
-                    yield frame
-            for frame in ctx.decode(None):
-                self._check_frame(frame)
-                yield frame
-        except av.error.FFmpegError as exc:
-            self._rewind()
-            raise VideoDecodeError(self.path, f"decoding failed ({_reason(exc)})") from exc
-
-    def _check_frame(self, frame: av.VideoFrame) -> None:
-        if frame.is_corrupt:
-            self._rewind()
-            raise VideoDecodeError(self.path, f"the decoder flagged the frame at pts {frame.pts} as corrupt")
-
-    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        """Convert to packed RGB with one reused swscale context (much faster than per-frame setup)."""
-        if self._reformatter is None:
-            self._reformatter = VideoReformatter()
-        rgb = self._reformatter.reformat(frame, format="rgb24")
-        return rgb.to_ndarray()
-
-    def _check_complete(self, result: list[np.ndarray | None], sources: list[int]) -> list[np.ndarray]:
+            wanted = {sources[n]: n for n in group}
+            self._decode_range(sources[group[0]], sources[group[-1]], wanted, result)
         missing = [sources[n] for n, arr in enumerate(result) if arr is None]
         if missing:
             self._rewind()
@@ -483,6 +488,100 @@ class VideoReader:
                 f"{' ...' if len(missing) > 5 else ''} of {self.source_num_frames}",
             )
         return result  # type: ignore[return-value]
+
+    def _decode_range(self, first: int, last: int, wanted: dict[int, int], result: list[np.ndarray | None]) -> None:
+        """Fill ``result`` with the wanted frames between positions ``first`` and ``last``."""
+        seek_points = self._index.seek_points
+        k = bisect.bisect_right(seek_points, first) - 1
+        if not self._seek_disabled and k >= 0 and seek_points[k] > 0:
+            for _ in range(_MAX_SEEK_RETRIES):
+                if k < 0 or seek_points[k] == 0:
+                    break
+                outcome = self._decode_after_seek(seek_points[k], first, last, wanted, result)
+                if outcome == _DONE:
+                    return
+                if outcome == _MISMATCH:
+                    if self._index.mode == TIMESTAMPS:
+                        raise _IndexMismatch(f"after a seek to frame {seek_points[k]} the pictures do not follow "
+                                             "their timestamps")
+                    _LOGGER.warning("%s: seeking lands on pictures the index does not predict; "
+                                    "decoding from the start of the file from now on", self.path)
+                    self._seek_disabled = True
+                    break
+                _LOGGER.debug("%s: seek to frame %d overshot frame %d; seeking earlier", self.path,
+                              seek_points[k], first)
+                k -= 1
+        self._rewind()
+        if self._decode_after_seek(None, first, last, wanted, result) == _MISMATCH:
+            if self._index.mode == TIMESTAMPS:
+                raise _IndexMismatch("the pictures do not come out in the order of their timestamps")
+            raise VideoDecodeError(self.path, "the file decodes differently from its index",
+                                   hint="Rebuild the data set index (the file changed), or re-encode the file.")
+
+    def _decode_after_seek(
+        self, seek_point: int | None, first: int, last: int, wanted: dict[int, int], result: list[np.ndarray | None]
+    ) -> str:
+        """Seek to frame ``seek_point`` (None: start of file), decode forward, fill ``result``.
+
+        Returns:
+            ``"done"``; ``"overshot"`` when the seek landed after ``first`` (or on no known
+            keyframe); ``"mismatch"`` when a picture's timestamp is not the indexed one.
+        """
+        pts_table = self._index.pts
+        container = self._open()
+        stream = container.streams.video[0]
+        next_position: int | None = 0 if seek_point is None else None
+        if seek_point is not None:
+            try:
+                container.seek(int(pts_table[seek_point]), stream=stream, backward=True,  # type: ignore[arg-type]
+                               any_frame=False)
+            except av.error.FFmpegError as exc:
+                _LOGGER.debug("%s: seek failed (%s)", self.path, describe_error(exc))
+                self._rewind()
+                return _OVERSHOT
+        frames = decoded_frames(container)
+        while True:
+            try:
+                frame = next(frames, None)
+            except av.error.FFmpegError as exc:
+                self._rewind()
+                if next_position is None:
+                    # Pictures before the landing keyframe may reference data before the seek point.
+                    _LOGGER.debug("%s: decoding after a seek failed (%s)", self.path, describe_error(exc))
+                    return _OVERSHOT
+                raise VideoDecodeError(self.path, f"decoding failed ({describe_error(exc)})") from exc
+            if frame is None:
+                break
+            if next_position is None:
+                anchor = self._seek_pts.get(frame.pts) if frame.key_frame else None
+                if anchor is None:
+                    continue  # leading pictures of an open GOP, shown before the landing keyframe
+                if anchor > first:
+                    return _OVERSHOT
+                next_position = anchor
+            position, next_position = next_position, next_position + 1
+            if position >= len(pts_table) or frame.pts != pts_table[position]:
+                return _MISMATCH
+            if frame.is_corrupt:
+                self._rewind()
+                raise VideoDecodeError(self.path, f"the decoder flagged frame {position} as corrupt")
+            n = wanted.get(position)
+            if n is not None and result[n] is None:
+                result[n] = self._to_rgb(frame)
+            if position >= last:
+                return _DONE
+        if next_position is None:
+            return _OVERSHOT
+        return _DONE if next_position > last else _MISMATCH
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        """Packed RGB with one reused swscale context (much faster than per-frame setup), upright."""
+        if self._reformatter is None:
+            self._reformatter = VideoReformatter()
+        rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        if self._quarter_turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, self._quarter_turns))
+        return rgb
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -508,12 +607,6 @@ class VideoReader:
         return state
 
 
-def _reason(exc: BaseException) -> str:
-    """Short human-readable text of a PyAV/FFmpeg error."""
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).strip() or type(exc).__name__
-
-
 def write_video(
     path: str | Path,
     frames: np.ndarray | Iterable[np.ndarray],
@@ -526,6 +619,7 @@ def write_video(
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    rotation: int | None = None,
 ) -> Path:
     """Encode RGB frames into a video file with PyAV (written atomically).
 
@@ -544,6 +638,8 @@ def write_video(
         options: extra encoder options.
         container_options: muxer options, e.g. ``{"movflags": "faststart"}`` to put
             the MP4 index first (a truncated copy then still opens).
+        rotation: store a display matrix that rotates the pictures this many degrees
+            counter-clockwise for display (as phones do); None stores none.
 
     Returns:
         The written path.
@@ -574,7 +670,7 @@ def write_video(
     tmp = Path(tmp_name)
     try:
         _encode(tmp, stream_frames, np.shape(first), rate, codec, gop, bframes, pts, time_base, pix_fmt, opts,
-                container_options)
+                container_options, rotation)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -595,6 +691,7 @@ def _encode(
     pix_fmt: str,
     opts: dict[str, str],
     container_options: dict[str, str] | None,
+    rotation: int | None,
 ) -> None:
     """Mux ``frames`` into ``path`` (helper of :func:`write_video`)."""
     fmt = {".mp4": "mp4", ".avi": "avi", ".webm": "webm", ".mkv": "matroska", ".mov": "mov"}.get(path.suffix.lower())
@@ -602,6 +699,8 @@ def _encode(
         stream = container.add_stream(codec, rate=rate, options=opts)
         stream.height, stream.width = int(shape[0]), int(shape[1])
         stream.pix_fmt = pix_fmt
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
         if gop is not None:
             stream.codec_context.gop_size = gop
         if bframes is not None and codec != "libx264" and codec.startswith(("mpeg", "h26")):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import fima_models.video as video_module
 from fima_models.video import VideoDecodeError, VideoReader, probe_video
 from tests.media import CONTAINER_CODECS, codec_available, make_frames, write_video
 
@@ -68,19 +69,20 @@ def test_arbitrary_indices_and_threads(encoded: tuple[Path, np.ndarray]) -> None
         np.testing.assert_array_equal(frames.numpy(), ref[idx])
 
 
-def test_clip_never_decodes_whole_file(tmp_path: Path) -> None:
+def test_clip_never_decodes_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_video(tmp_path / "long.mp4", make_frames(200, 32, 32, seed=1), codec="libx264", gop=GOP)
     reader = VideoReader(path)
+    assert reader.fast_seek
     decoded = 0
-    frames_gen = VideoReader._frames
+    frames_gen = video_module.decoded_frames
 
-    def counting_frames(self: VideoReader, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    def counting_frames(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
         nonlocal decoded
-        for frame in frames_gen(self, *args, **kwargs):
+        for frame in frames_gen(*args, **kwargs):
             decoded += 1
             yield frame
 
-    reader._frames = counting_frames.__get__(reader)  # type: ignore[method-assign]
+    monkeypatch.setattr(video_module, "decoded_frames", counting_frames)
     clip = reader.get_clip(170, 8)
     assert clip.shape[0] == 8
     assert decoded <= 8 + 2 * GOP, f"decoded {decoded} frames to fetch 8"
@@ -98,12 +100,12 @@ class _OvershootingReader(VideoReader):
         self.seeks: list[int | None] = []
         super().__init__(path)
 
-    def _decode_after_seek(self, key_pts, first_pts, last_pts, wanted, result):  # type: ignore[no-untyped-def]
-        self.seeks.append(key_pts)
-        if key_pts is not None and self.overshoots > 0:
+    def _decode_after_seek(self, seek_point, first, last, wanted, result):  # type: ignore[no-untyped-def]
+        self.seeks.append(seek_point)
+        if seek_point is not None and self.overshoots > 0:
             self.overshoots -= 1
-            return False
-        return super()._decode_after_seek(key_pts, first_pts, last_pts, wanted, result)
+            return "overshot"
+        return super()._decode_after_seek(seek_point, first, last, wanted, result)
 
 
 @pytest.mark.parametrize("overshoots", [1, 10])
