@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from fima_models.data import build_dataset
-from fima_models.data.synthetic import MOTION_CLASSES, render_motion_clip, write_motion_dataset
+from fima_models.data.synthetic import MOTION_CLASSES, dataset_clip, render_motion_clip, write_motion_dataset
 from fima_models.video import VideoReader
 
 
 def _render(name: str, seed: int, frames: int = 16, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    return render_motion_clip(name, np.random.default_rng(seed), frames, size)
+    clip = render_motion_clip(name, np.random.default_rng(seed), frames, size)
+    return clip.frames, clip.tracks
 
 
 def test_render_is_deterministic_and_appearance_random() -> None:
@@ -77,10 +78,16 @@ def test_write_motion_dataset_ucf101_layout(tmp_path: Path) -> None:
     reader = VideoReader(path)
     assert reader.num_frames == 8 and (reader.height, reader.width) == (32, 32)
     # the encoded video is the rendered clip up to compression error (luma; 4:2:0 chroma is coarser)
-    rendered, _ = render_motion_clip(classes[label], _rng_for(5, classes[label], path), 8, 32)
+    rendered = render_motion_clip(classes[label], _rng_for(5, classes[label], path), 8, 32).frames
     luma = np.array([0.299, 0.587, 0.114])
     decoded = reader.get_clip(0, 8).numpy().astype(np.float64)
     assert np.abs(decoded @ luma - rendered @ luma).mean() < 6
+    # dataset_clip renders the same clip again from the data set's parameters, with its object mask
+    again_clip = dataset_clip(root, path)
+    assert np.array_equal(again_clip.frames, rendered) and again_clip.mask.shape == (8, 32, 32)
+    assert np.array_equal(dataset_clip(root, path.relative_to(root / "UCF-101")).frames, rendered)
+    with pytest.raises(ValueError, match="not a video"):
+        dataset_clip(root, "Teleport/v_Teleport_g01_c01.mp4")
 
     mtime = path.stat().st_mtime_ns
     assert write_motion_dataset(tmp_path / "m", classes=classes, videos_per_class=4, num_frames=8, size=32,
@@ -105,3 +112,42 @@ def test_write_motion_dataset_rejects_bad_arguments(tmp_path: Path) -> None:
         write_motion_dataset(tmp_path, classes=["Teleport"], progress=False)
     with pytest.raises(ValueError, match="even"):
         write_motion_dataset(tmp_path, size=33, progress=False)
+
+
+def test_dataset_clip_needs_a_generated_data_set(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="write_motion_dataset"):
+        dataset_clip(tmp_path, "MoveLeft/v_MoveLeft_g01_c01.mp4")
+
+
+@pytest.mark.parametrize("name", ["MoveUp", "ZoomOut", "ShakeHorizontal"])
+def test_mask_follows_the_track_and_the_object_stands_out(name: str) -> None:
+    for seed in range(3):
+        clip = render_motion_clip(name, np.random.default_rng(seed), 16, 64)
+        mask = clip.mask
+        assert mask.shape == (16, 64, 64) and mask.dtype == bool and mask.any(axis=(1, 2)).all()
+        ys, xs = np.mgrid[0:64, 0:64]
+        for t in range(16):
+            x, y, _ = clip.tracks[0, t]
+            inside = mask[t]
+            # every shape is point-symmetric about its centre: the mask's centroid is the track
+            assert abs(xs[inside].mean() - x) < 1.0 and abs(ys[inside].mean() - y) < 1.0
+        luma = clip.frames.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        assert abs(luma[mask].mean() - luma[~mask].mean()) > 50  # object and background on opposite sides of grey
+
+
+def _object_stats(name: str, clips: int) -> np.ndarray:
+    """Per clip: the object's mean position, size and colour over all frames (what single frames show)."""
+    rows = []
+    for seed in range(clips):
+        clip = render_motion_clip(name, np.random.default_rng([seed, 99]), 16, 32)
+        colour = clip.frames[clip.mask].mean(0) / 255.0
+        rows.append([*clip.tracks[0, :, :2].mean(0) / 32.0, clip.mask.mean(), *colour])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("pair", [("MoveUp", "MoveDown"), ("ZoomIn", "ZoomOut"), ("ShakeVertical", "Static")])
+def test_single_frames_do_not_tell_reversed_motions_apart(pair: tuple[str, str]) -> None:
+    # where the object is, how big it is and its colour are distributed alike for both classes
+    a, b = _object_stats(pair[0], 40), _object_stats(pair[1], 40)
+    spread = np.sqrt((a.var(0) + b.var(0)) / 40) + 1e-3
+    assert (np.abs(a.mean(0) - b.mean(0)) < 4 * spread).all(), (a.mean(0), b.mean(0), spread)

@@ -1,10 +1,13 @@
 """Procedural motion data: the embedded default data set for demos, smoke recipes and tests.
 
-Every clip shows one or two textured objects over a textured, drifting, noisy
-background. The **label is the motion** of the objects (direction, speed,
-trajectory shape, scale change); textures, colours, shapes, sizes, start
-positions, background drift and noise are random per video. A model that only
-looks at single-frame appearance cannot do better than chance.
+Every clip shows one textured object moving over a static, low-contrast textured background,
+with a little sensor noise. The **label is the motion** of the object (direction, speed,
+trajectory shape, scale change). Everything a single frame shows is random per video: the
+object's shape, size, texture and colour, the background's texture and colour, the start
+position and the noise level; start positions are drawn so that the object's position in a
+frame is distributed alike for a motion and its reverse. The object's colour lies on the other
+side of mid-grey than the background's, so it stands out at any resolution. A model that only
+looks at single frames cannot do better than chance.
 
 :func:`write_motion_dataset` renders clips with numpy (vectorised over frames),
 encodes them as real H.264 MP4 files and writes the UCF101 layout::
@@ -15,7 +18,8 @@ encodes them as real H.264 MP4 files and writes the UCF101 layout::
 
 so ``build_dataset("ucf101", root)`` reads it through the same decoder and loaders
 as real data. Generation is deterministic: clip ``j`` of class ``c`` depends only
-on ``(seed, class name, j)``, never on the number of workers.
+on ``(seed, class name, j)``, never on the number of workers; :func:`dataset_clip` renders
+any video of a data set again, with the true object mask (:class:`MotionClip`).
 """
 
 from __future__ import annotations
@@ -29,19 +33,19 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from fima_models.video import write_video
 
-__all__ = ["MOTION_CLASSES", "MotionSpec", "render_motion_clip", "write_motion_dataset"]
+__all__ = ["MOTION_CLASSES", "MotionClip", "MotionSpec", "dataset_clip", "render_motion_clip", "write_motion_dataset"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _META_NAME = "motion.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,13 +87,32 @@ MOTION_CLASSES: dict[str, MotionSpec] = {
 
 
 # --------------------------------------------------------------------------- rendering
-def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+class MotionClip(NamedTuple):
+    """One rendered clip.
+
+    Attributes:
+        frames: uint8 ``[T, H, W, 3]`` RGB frames.
+        tracks: float32 ``[1, T, 3]`` object track ``(x, y, scale)``: centre in pixels, scale
+            relative to the object's base size.
+        mask: bool ``[T, H, W]``, True where the moving object covers a pixel (more than half).
+    """
+
+    frames: np.ndarray
+    tracks: np.ndarray
+    mask: np.ndarray
+
+
+def _texture(
+    rng: np.random.Generator, u: np.ndarray, v: np.ndarray, base: np.ndarray, contrast: float
+) -> np.ndarray:
     """Random colour texture (sum of oriented gratings) sampled on a separable grid.
 
     Args:
         rng: random generator.
         u: horizontal coordinates ``[T, 1, W]``.
         v: vertical coordinates ``[T, H, 1]``.
+        base: mean colour ``[3]``.
+        contrast: amplitude of each grating's colour.
 
     Returns:
         float32 ``[3, T, H, W]`` in [0, 1] (channel-first: faster to build and blend).
@@ -97,12 +120,11 @@ def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarr
     count = int(rng.integers(2, 4))
     waves = np.empty((count,) + np.broadcast_shapes(u.shape, v.shape), dtype=np.float32)
     colours = np.empty((count, 3), dtype=np.float32)
-    base = rng.uniform(0.15, 0.85, size=3).astype(np.float32)
     for g in range(count):
         theta = rng.uniform(0, math.pi)
-        freq = 2 * math.pi * rng.uniform(1.0, 5.0)
+        freq = 2 * math.pi * rng.uniform(1.0, 4.0)
         phase = rng.uniform(0, 2 * math.pi)
-        colours[g] = rng.uniform(-0.35, 0.35, size=3)
+        colours[g] = rng.uniform(-contrast, contrast, size=3)
         a = np.float32(freq * math.cos(theta)) * u
         b = np.float32(freq * math.sin(theta)) * v + np.float32(phase)
         # sin(a + b) from 1-D sines: the grid is separable, so no per-pixel sin is needed
@@ -112,14 +134,14 @@ def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarr
     out = np.empty((3,) + waves.shape[1:], dtype=np.float32)  # channel-first: [3, T, H, W]
     for c in range(3):
         np.multiply(waves[0], colours[0, c], out=out[c])
-        out[c] += base[c]
+        out[c] += np.float32(base[c])
         for g in range(1, count):
             out[c] += colours[g, c] * waves[g]
     return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, soft: np.ndarray) -> np.ndarray:
-    """Anti-aliased mask of a unit shape (radius 1) at object coordinates (u, v)."""
+    """Anti-aliased coverage of a unit shape (radius 1) at object coordinates (u, v)."""
     if kind == 0:
         dist = np.sqrt(u * u + v * v)  # disk
     elif kind == 1:
@@ -135,12 +157,16 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, soft: np.ndarray) -> np
 def _trajectory(
     spec: MotionSpec, rng: np.random.Generator, t: np.ndarray, size: int, radius: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre x, centre y and scale per frame for one object (pixels)."""
+    """Centre x, centre y and scale per frame of the object (pixels).
+
+    Start positions are drawn so that the position at a random time is distributed the same way
+    for a motion and its reverse: where the object is in one frame says nothing about the class.
+    """
     n = len(t)
     s = np.ones(n, dtype=np.float32)
     margin = radius + 1.0
     if spec.kind == "translate":
-        total = rng.uniform(0.35, 0.55) * size * spec.speed  # path length over the clip
+        total = rng.uniform(0.45, 0.6) * size * spec.speed  # path length over the clip
         total = min(total, (size - 2 * margin) * (1.4 if spec.speed > 1 else 1.0))
         d = np.asarray(spec.direction, dtype=np.float32)
         step = total / max(n - 1, 1)
@@ -176,10 +202,21 @@ def _trajectory(
     return xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32), s
 
 
+def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random background and object colours on opposite sides of mid-grey, so the object stands out."""
+    dark, bright = (0.1, 0.35), (0.65, 0.9)
+    bg_range, obj_range = (dark, bright) if rng.random() < 0.5 else (bright, dark)
+    return rng.uniform(*bg_range, size=3).astype(np.float32), rng.uniform(*obj_range, size=3).astype(np.float32)
+
+
 def render_motion_clip(
     motion: str | MotionSpec, rng: np.random.Generator, num_frames: int = 32, size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
+) -> MotionClip:
     """Render one clip of a motion class with random appearance.
+
+    One textured object moves over a static, low-contrast textured background; the object's
+    colour lies on the other side of mid-grey than the background's. Shape, size, textures,
+    colours, position and noise level are random per clip; only the motion depends on the class.
 
     Args:
         motion: a name from :data:`MOTION_CLASSES` or a :class:`MotionSpec`.
@@ -188,34 +225,28 @@ def render_motion_clip(
         size: frame side (square frames, even for H.264).
 
     Returns:
-        ``(frames, tracks)``: uint8 ``[T, size, size, 3]`` and float ``[num_objects, T, 3]``
-        object tracks ``(x, y, scale)`` (centre in pixels, scale relative to the
-        object's base size), for checks and visualisation.
+        The frames, the object track and the true object mask (:class:`MotionClip`).
     """
     spec = MOTION_CLASSES[motion] if isinstance(motion, str) else motion
     t = np.arange(num_frames, dtype=np.float32)
     xs = np.arange(size, dtype=np.float32)[None, None, :]  # [1, 1, W]
     ys = np.arange(size, dtype=np.float32)[None, :, None]  # [1, H, 1]
-    # background: its own texture drifting at a random slow velocity, plus noise
-    drift = rng.uniform(-0.25, 0.25, 2).astype(np.float32) * size / max(num_frames, 1) * 0.5
-    bu = (xs - drift[0] * t[:, None, None]) / size
-    bv = (ys - drift[1] * t[:, None, None]) / size
-    frames = _texture(rng, bu, bv) * np.float32(rng.uniform(0.5, 1.0))
-    centres = []
-    for _ in range(int(rng.integers(1, 3))):
-        radius = rng.uniform(0.12, 0.2) * size
-        cx, cy, scale = _trajectory(spec, rng, t, size, radius)
-        r = radius * scale[:, None, None]
-        u = (xs - cx[:, None, None]) / r  # [T, 1, W]
-        v = (ys - cy[:, None, None]) / r  # [T, H, 1]
-        mask = _shape_mask(int(rng.integers(0, 4)), u, v, 1.5 / r)[None]
-        tex = _texture(rng, u * (2 * radius / size), v * (2 * radius / size))  # moves and zooms with the object
-        frames = frames + mask * (tex - frames)
-        centres.append(np.stack([cx, cy, scale], axis=1))
-    frames += rng.standard_normal((1,) + frames.shape[1:], dtype=np.float32) * np.float32(rng.uniform(0.0, 0.03))
+    bg_colour, obj_colour = _contrasting_colours(rng)
+    frames = np.broadcast_to(_texture(rng, xs / size, ys / size, bg_colour, 0.06), (3, num_frames, size, size)).copy()
+    radius = rng.uniform(0.13, 0.19) * size
+    cx, cy, scale = _trajectory(spec, rng, t, size, radius)
+    r = radius * scale[:, None, None]
+    u = (xs - cx[:, None, None]) / r  # [T, 1, W]
+    v = (ys - cy[:, None, None]) / r  # [T, H, 1]
+    coverage = _shape_mask(int(rng.integers(0, 4)), u, v, 1.5 / r)  # [T, H, W]
+    # the texture is attached to the object: it moves and zooms with it
+    tex = _texture(rng, u * (2 * radius / size), v * (2 * radius / size), obj_colour, 0.15)
+    frames += coverage[None] * (tex - frames)
+    frames += rng.standard_normal((1,) + frames.shape[1:], dtype=np.float32) * np.float32(rng.uniform(0.0, 0.02))
     np.clip(frames, 0.0, 1.0, out=frames)
     frames = (frames * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
-    return np.ascontiguousarray(frames.transpose(1, 2, 3, 0)), np.stack(centres)
+    track = np.stack([cx, cy, scale], axis=1)[None]
+    return MotionClip(np.ascontiguousarray(frames.transpose(1, 2, 3, 0)), track, coverage > 0.5)
 
 
 # --------------------------------------------------------------------------- data set writing
@@ -230,7 +261,7 @@ def _video_relpath(name: str, index: int, suffix: str) -> str:
 def _write_one(job: tuple[str, str, int, int, int, int, int, str]) -> str:
     """Render and encode one clip (module-level so process pools can pickle it)."""
     root, name, index, seed, num_frames, size, fps, suffix = job
-    frames, _ = render_motion_clip(name, _clip_rng(seed, name, index), num_frames, size)
+    frames = render_motion_clip(name, _clip_rng(seed, name, index), num_frames, size).frames
     rel = _video_relpath(name, index, suffix)
     out = Path(root) / "UCF-101" / rel
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -363,3 +394,38 @@ def write_motion_dataset(
     _atomic_text(meta_path, json.dumps(params, indent=2) + "\n")
     _LOGGER.info("wrote %d motion videos (%d classes) to %s", len(jobs), len(names), root)
     return root
+
+
+def dataset_clip(root: str | os.PathLike[str], video: str | os.PathLike[str]) -> MotionClip:
+    """Render again, exactly, the clip behind one video of a data set made by :func:`write_motion_dataset`.
+
+    The encoded file holds only (compressed) frames; this returns the uncompressed frames, the
+    object track and the true object mask, e.g. to score a model's foreground mask.
+
+    Args:
+        root: the data set folder (holds ``motion.json``).
+        video: the video's path, absolute or relative to ``root/UCF-101``.
+
+    Returns:
+        The :class:`MotionClip` the video was encoded from.
+
+    Raises:
+        FileNotFoundError: ``root`` holds no complete motion data set.
+        ValueError: the path is not a video of this data set.
+    """
+    root = Path(root)
+    meta_path = root / _META_NAME
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{root} holds no {_META_NAME}; generate it with write_motion_dataset first")
+    params = json.loads(meta_path.read_text(encoding="utf-8"))
+    path = Path(video)
+    name = path.parent.name
+    stem = path.stem
+    prefix = f"v_{name}_g"
+    if name not in params["classes"] or not stem.startswith(prefix) or not stem.endswith("_c01"):
+        raise ValueError(f"{video} is not a video of the motion data set at {root} (classes {params['classes']})")
+    index = int(stem[len(prefix):-len("_c01")]) - 1
+    if not 0 <= index < int(params["videos_per_class"]):
+        raise ValueError(f"{video}: clip index {index + 1} is outside 1..{params['videos_per_class']}")
+    rng = _clip_rng(int(params["seed"]), name, index)
+    return render_motion_clip(name, rng, int(params["num_frames"]), int(params["size"]))
