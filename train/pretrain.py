@@ -42,7 +42,9 @@ import fima_models
 from fima_models.data import FimaClipPairSampler, build_dataset
 from fima_models.transforms import FimaViewTransform
 from train.common import checkpoint as ckpt
-from train.common.config import ConfigError, apply_overrides, get, load_yaml, merge, save_config
+from fima_models._atomic import describe_os_error
+from fima_models.checkpoint import CheckpointError
+from train.common.config import ConfigError, get, load_yaml, resolve, save_config
 from train.common.distributed import (
     DistInfo,
     all_gather_object,
@@ -56,6 +58,7 @@ from train.common.optim import build_optimizer, build_scheduler
 from train.common.precision import autocast, make_grad_scaler, resolve_precision, to_channels_last_3d
 from train.common.run_log import Progress, RunLogger, plot_losses, setup_console_logging
 from train.common.sampling import ResumableBatchSampler
+from train.common.schema import PretrainConfig, check_pretrain
 from train.common.seed import SeededDataset, get_rng_state, seed_everything, set_rng_state
 from train.fima.model import FimaPretrainer
 
@@ -66,45 +69,11 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "fima-models-train"
 CHECKPOINT_VERSION = 1
 
-#: Every key a pretraining config may set, with its default (configs override a subset).
-DEFAULTS: dict[str, Any] = {
-    "method": "fima",
-    "seed": 0,
-    "device": "auto",
-    "precision": "auto",
-    "channels_last": True,
-    "threads": None,
-    "model": {"arch": "r2plus1d_18", "kwargs": {}},
-    "data": {
-        "dataset": "ucf101",
-        "root": "data/ucf101",
-        "split": 1,
-        "clip_len": 32,
-        "size": 112,
-        "num_workers": 4,
-        "transform": {},
-        "synthetic": None,
-    },
-    "train": {
-        "epochs": 200,
-        "batch_size": 24,
-        "accum_steps": 1,
-        "stop_after_steps": None,
-        "grad_clip": None,
-        "log_every": 1,
-        "print_every": 10,
-        "checkpoint_every_steps": 0,
-        "checkpoint_every_epochs": 1,
-        "keep_last": 3,
-        "tensorboard": True,
-        "progress": True,
-    },
-    "optim": {"name": "sgd", "lr": 0.00375, "momentum": 0.9, "weight_decay": 1.0e-4, "nesterov": False},
-    "schedule": {"name": "cosine", "warmup_epochs": 0, "warmup_start_factor": 0.0, "min_lr_factor": 0.0},
-    "fima": {},
-    "ddp": {"broadcast_buffers": False},
-    "debug": {"inject_nan_at_step": None},
-}
+#: Every key a pretraining config may set, with its default (configs override a subset); the
+#: schema, types and ranges are :class:`train.common.schema.PretrainConfig`.
+DEFAULTS: dict[str, Any] = resolve(PretrainConfig, [])
+#: Sections of a checkpoint's ``state`` that resuming reads.
+RESUME_STATE = ("pretrainer", "optimizer", "scheduler", "scaler", "rng", "position", "logger")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -141,15 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     setup_console_logging(rank=int(os.environ.get("RANK", "0")))  # ranks > 0 only print warnings
     try:
-        # defaults first, so every key of DEFAULTS can be overridden even when the YAML omits it
-        cfg = apply_overrides(merge(DEFAULTS, load_yaml(args.config)), args.overrides)
+        # the schema's defaults first, so every key can be overridden even when the YAML omits it
+        cfg = resolve_config(load_yaml(args.config), args.overrides)
         final = run_pretrain(cfg, Path(args.out), resume=args.resume)
     except ConfigError as exc:
         logger.error("configuration error: %s", exc)
         return 2
-    except FileNotFoundError as exc:  # data set layout, missing checkpoint
+    except (FileNotFoundError, CheckpointError) as exc:  # data set layout, unusable checkpoint
         logger.error("%s", exc)
         return 2
+    except OSError as exc:  # read-only or full disk, a path that is not a folder
+        logger.error("%s", describe_os_error(exc))
+        return 1
     except NonFiniteLossError as exc:
         logger.error("%s", exc)
         return 3
@@ -158,24 +130,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------- pieces
-def resolve_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge a user config over :data:`DEFAULTS` and validate it.
+def resolve_config(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Merge a user config (and ``key=value`` overrides) over the schema's defaults and validate it.
+
+    Args:
+        config: configuration dict (any subset of :data:`DEFAULTS`).
+        overrides: dotted ``key=value`` strings, applied last.
+
+    Returns:
+        The complete configuration as a plain dict.
 
     Raises:
-        ConfigError: for unknown top-level sections or invalid values.
+        ConfigError: for unknown keys, wrong types, values out of range or inconsistent values,
+            naming the key and the accepted values.
     """
-    unknown = set(config) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
-    cfg = merge(DEFAULTS, config)
-    if cfg["method"] not in ("fima", "moco"):
-        raise ConfigError(f"method must be 'fima' or 'moco', got {cfg['method']!r}")
-    clip_len = int(get(cfg, "data.clip_len"))
-    if clip_len < 4 or clip_len % 4:
-        raise ConfigError(f"data.clip_len must be a multiple of 4 (two segments, every 2nd frame), got {clip_len}")
-    if int(get(cfg, "train.accum_steps")) < 1:
-        raise ConfigError("train.accum_steps must be >= 1")
-    return cfg
+    return resolve(PretrainConfig, [config], overrides, check_pretrain)
+
+
+def check_environment(cfg: Mapping[str, Any], out_dir: Path) -> None:
+    """Refuse what the configuration cannot run with, before anything is written.
+
+    Raises:
+        ConfigError: ``out_dir`` is a file, or ``data.root`` does not exist (and no synthetic data is asked for).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder; choose a run folder")
+    root = Path(str(cfg["data"]["root"])).expanduser()
+    if not cfg["data"].get("synthetic") and not root.exists():
+        raise ConfigError(
+            f"data.root {root} does not exist; set data.root=/path/to/{cfg['data']['dataset']} (UCF101 layout)")
 
 
 def micro_batch_size(cfg: Mapping[str, Any], world_size: int) -> int:
@@ -213,8 +196,6 @@ def build_data(cfg: Mapping[str, Any], dist_info: DistInfo) -> SeededDataset:
             logger.info("preparing synthetic motion data in %s", root)
             write_motion_dataset(root, **dict(data["synthetic"]))
         barrier()
-    elif not root.exists():
-        raise ConfigError(f"data.root {root} does not exist; set data.root=/path/to/{data['dataset']} (UCF101 layout)")
     transform = FimaViewTransform(size=int(data["size"]), clip_len=int(data["clip_len"]), **dict(data.get("transform") or {}))
 
     def build() -> Any:
@@ -237,7 +218,11 @@ def build_data(cfg: Mapping[str, Any], dist_info: DistInfo) -> SeededDataset:
 
 
 def build_model(cfg: Mapping[str, Any], device: torch.device) -> FimaPretrainer:
-    """Create the backbone with ``fima_models.create_model(arch, num_classes=0)`` and wrap it for pretraining."""
+    """Create the backbone with ``fima_models.create_model(arch, num_classes=0)`` and wrap it for pretraining.
+
+    This is where the model gets its initial weights, before the optimiser is built and before a
+    checkpoint (when resuming) overwrites them.
+    """
     arch = str(get(cfg, "model.arch"))
     encoder = fima_models.create_model(arch, num_classes=0, **dict(get(cfg, "model.kwargs", {}) or {}))
     model = FimaPretrainer(encoder, cfg["method"], cfg.get("fima") or {}, channels_last=bool(cfg["channels_last"]))
@@ -299,8 +284,6 @@ def _restore(
     dist_info: DistInfo,
 ) -> tuple[int, int, int]:
     """Load a checkpoint into the live objects; returns ``(step, epoch, step_in_epoch)``."""
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError("the resume checkpoint is not a fima-models-train checkpoint; pass --resume none to start over")
     inner = state["state"]
     full = {f"encoder_q.{k}": v for k, v in state["model"].items()}
     full.update(inner["pretrainer"])
@@ -357,6 +340,7 @@ def run_pretrain(config: Mapping[str, Any], out_dir: str | Path, resume: str = "
     """
     cfg = resolve_config(config)
     out_dir = Path(out_dir)
+    check_environment(cfg, out_dir)
     created_group = not torch.distributed.is_initialized()
     dist_info = init_distributed(str(cfg["device"]))
     try:
@@ -378,6 +362,7 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
     seed_everything(seed)
     micro = micro_batch_size(cfg, dist_info.world_size)
     accum = int(tcfg["accum_steps"])
+    resume_path, resume_state = _resume_state(resume, out_dir)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -419,9 +404,8 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
     torch.manual_seed(seed + 1000 * dist_info.rank)
 
     step, start_epoch, start_step_in_epoch = 0, 0, 0
-    resume_path = _resume_path(resume, out_dir)
-    if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path, map_location="cpu")
+    if resume_path is not None and resume_state is not None:
+        state = resume_state
         step, start_epoch, start_step_in_epoch = _restore(
             state, model, optimizer, scheduler, scaler, run_logger, dist_info
         )
@@ -545,20 +529,39 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
     return Path(last_path)
 
 
-def _resume_path(resume: str, out_dir: Path) -> Path | None:
+def _check_resumable(path: Path, state: dict[str, Any]) -> None:
+    ckpt.check_train_checkpoint(path, state, RESUME_STATE)
+
+
+def _resume_state(resume: str, out_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from and its content, per ``--resume`` (auto, none, a file or a run folder).
+
+    ``auto`` and a folder take the newest checkpoint that loads, skipping (with a warning naming
+    each) truncated or foreign ones.
+
+    Raises:
+        ConfigError: the path does not exist, or a folder holds checkpoints of which none is usable.
+        CheckpointError: a given file is not a usable training checkpoint (unreadable, unsafe, incomplete).
+    """
     if resume in ("none", "", None):
-        return None
-    if resume == "auto":
-        return ckpt.find_latest(out_dir)
-    path = Path(resume)
-    if path.is_dir():
-        latest = ckpt.find_latest(path)
-        if latest is None:
-            raise ConfigError(f"--resume {path}: folder has no checkpoint_*.pt; pass a checkpoint file or --resume none")
-        return latest
-    if not path.is_file():
-        raise ConfigError(f"--resume {path}: file not found; pass an existing checkpoint, a run folder, auto or none")
-    return path
+        return None, None
+    folder = out_dir if resume == "auto" else Path(resume)
+    if resume == "auto" or folder.is_dir():
+        path, state = ckpt.find_latest_valid(folder, _check_resumable)
+        found = ckpt.list_checkpoints(folder)
+        if path is None and found:
+            raise ConfigError(
+                f"none of the {len(found)} checkpoints in {folder} can be resumed from (see the warnings above); "
+                "pass --resume PATH to a good one, or --resume none to start over"
+            )
+        if path is None and resume != "auto":
+            raise ConfigError(f"--resume {folder}: folder has no checkpoint_*.pt; pass a checkpoint file or --resume none")
+        return path, state
+    if not folder.is_file():
+        raise ConfigError(f"--resume {folder}: file not found; pass an existing checkpoint, a run folder, auto or none")
+    state = ckpt.load_checkpoint(folder)
+    _check_resumable(folder, state)
+    return folder, state
 
 
 if __name__ == "__main__":  # pragma: no cover - use `python -m train pretrain`

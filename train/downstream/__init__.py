@@ -27,15 +27,16 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from train.common.config import ConfigError, apply_overrides, load_yaml, merge
+from train.common.config import ConfigError, load_yaml, resolve
 from train.common.distributed import cleanup_distributed
+from train.common.schema import DOWNSTREAM_DATASETS, DownstreamConfig, check_downstream
 
 __all__ = ["COMMANDS", "DATASETS", "BASE_CONFIG", "resolve_config", "run", "main"]
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("finetune", "linear", "retrieval", "test")
-DATASETS = ("ucf101", "hmdb51", "kinetics400", "diving48", "folder", "list")
+DATASETS = DOWNSTREAM_DATASETS
 #: Protocol defaults every run starts from.
 BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "downstream" / "base.yaml"
 
@@ -68,11 +69,12 @@ def resolve_config(
         The resolved configuration.
 
     Raises:
-        ConfigError: unknown command or data set, or a missing required value.
+        ConfigError: unknown command, data set or key, a value of the wrong type or out of range
+            (named with the accepted values), or a missing required value.
     """
     if command not in COMMANDS:
         raise ConfigError(f"unknown downstream command {command!r}; choose one of {', '.join(COMMANDS)}")
-    cfg = load_yaml(BASE_CONFIG)
+    layers = [load_yaml(BASE_CONFIG)]
     if config is not None:
         row = load_yaml(config)
         if row.get("command", command) != command:
@@ -80,15 +82,11 @@ def resolve_config(
                 f"{config} is a {row['command']!r} config but the command is {command!r}; "
                 f"run `python -m train {row['command']} --config {config} ...` or pick a {command} config"
             )
-        cfg = merge(cfg, row)
-    cfg = merge(cfg, {k: v for k, v in (flags or {}).items() if v is not None})
-    cfg = apply_overrides(cfg, overrides)
+        layers.append(row)
+    layers.append({k: v for k, v in (flags or {}).items() if v is not None})
+    layers.append({"command": command})
+    cfg = resolve(DownstreamConfig, layers, overrides, check_downstream)
     cfg["command"] = command
-    if cfg.get("dataset") not in DATASETS:
-        raise ConfigError(f"unknown data set {cfg.get('dataset')!r}; pass --dataset one of {', '.join(DATASETS)}")
-    for key, flag in (("root", "--root PATH"), ("model", "--model NAME"), ("out", "--out DIR")):
-        if not cfg.get(key):
-            raise ConfigError(f"{command} needs {flag} (or '{key}:' in the config)")
     return cfg
 
 
@@ -151,6 +149,7 @@ def main(argv: list[str]) -> int:
     """Command-line entry point; ``argv[0]`` is the command name. Returns the exit status."""
     args = _parser().parse_args(argv)
     from fima_models import UnknownModelError
+    from fima_models._atomic import describe_os_error
     from fima_models.checkpoint import CheckpointError
 
     flags = {key: getattr(args, attr) for attr, key in _FLAG_KEYS.items()}
@@ -161,6 +160,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, FileNotFoundError, UnknownModelError, CheckpointError) as err:
         logging.getLogger("train").error("%s: %s", args.command, err)
         return 2
+    except OSError as err:  # read-only or full disk, --out that is a file
+        logging.getLogger("train").error("%s: %s", args.command, describe_os_error(err))
+        return 1
     finally:
         cleanup_distributed()
     return 0

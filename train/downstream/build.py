@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 import fima_models
 from fima_models.data import RandomClipSampler, UniformClipSampler, build_dataset
 from fima_models.transforms import FIMA_MEAN, FIMA_STD, EvalTransform, TrainTransform
-from train.common.config import save_config
+from train.common.config import ConfigError, save_config
 from train.common.distributed import DistInfo, init_distributed
 from train.common.precision import resolve_precision
 from train.common.run_log import setup_console_logging
@@ -96,10 +96,15 @@ def start_run(cfg: dict[str, Any]) -> RunContext:
     """
     if not cfg.get("out"):
         raise ValueError("no output folder; pass --out DIR (or set out: in the config)")
+    out_dir = Path(cfg["out"]).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder; choose a run folder")
+    checkpoint = cfg.get("init_checkpoint")
+    if checkpoint and not Path(checkpoint).expanduser().is_file():
+        raise ConfigError(f"--checkpoint {checkpoint} is not a file; pass a checkpoint file")
     dist = init_distributed(str(cfg.get("device", "auto")))
     setup_console_logging(rank=dist.rank)
     seed_everything(int(cfg.get("seed", 0)) + dist.rank)
-    out_dir = Path(cfg["out"]).expanduser()
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
