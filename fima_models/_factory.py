@@ -89,6 +89,10 @@ def create_model(
     Raises:
         UnknownModelError: ``model_name`` is not registered; the message lists close matches.
     """
+    if not isinstance(model_name, str) or not model_name:
+        raise UnknownModelError(
+            f"model_name must be a model name such as 'r2plus1d_18', got {model_name!r}; run `fima-models list` "
+            'for the registered names')
     if model_name.startswith(_SOURCE_PREFIXES):
         from fima_models.pretrained import resolve_model_source
 

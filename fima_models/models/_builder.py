@@ -9,7 +9,7 @@ model's ``forward_intermediates``).
 import dataclasses
 import logging
 import math
-from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookN
 
 from ._pretrained_cfg import VideoPretrainedCfg
 
-__all__ = ['build_video_model', 'adapt_input_conv3d', 'resolve_feature_cls']
+__all__ = ['build_video_model', 'adapt_input_conv3d', 'resolve_feature_cls', 'check_model_args']
 
 _logger = logging.getLogger(__name__)
 
@@ -100,6 +100,65 @@ def _wrap_features(model: nn.Module, pretrained_cfg: Dict[str, Any], feature_cfg
     return model
 
 
+#: Constructor arguments checked before a model is built: name -> (integer?, lowest, highest (exclusive) or None).
+_ARG_RULES: Dict[str, Tuple[bool, float, Optional[float]]] = {
+    'num_classes': (True, 0, None),
+    'in_chans': (True, 1, None),
+    'drop_rate': (False, 0.0, 1.0),
+    'drop_path_rate': (False, 0.0, 1.0),
+}
+
+
+def check_model_args(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Refuse constructor arguments of the wrong type or range with one message naming them.
+
+    ``num_classes`` must be an integer >= 0 (0: no classifier), ``in_chans`` an integer >= 1,
+    ``drop_rate`` / ``drop_path_rate`` a number in ``[0, 1)``.
+
+    Raises:
+        ValueError: naming the argument, its value and what is accepted.
+    """
+    for name, (integer, low, high) in _ARG_RULES.items():
+        if name not in kwargs or kwargs[name] is None:
+            continue
+        value = kwargs[name]
+        kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not kind_ok:
+            kind = 'an integer' if integer else 'a number'
+            raise ValueError(f'{variant}: {name} must be {kind}, got {value!r} ({type(value).__name__})')
+        if value < low or (high is not None and not value < high) or value != value:
+            accepted = f'>= {low}' if high is None else f'in [{low}, {high})'
+            raise ValueError(f'{variant}: {name} must be {accepted}, got {value!r}')
+
+
+def _check_input_dtype(conv: nn.Module, args: Tuple[Any, ...]) -> None:
+    """Forward pre-hook of a model's first convolution: a clear error when clips and weights differ in dtype.
+
+    (Shape and type are checked by each model's ``check_video_input``; autocast casts by itself.)
+    """
+    x, weight = args[0] if args else None, getattr(conv, 'weight', None)
+    if not isinstance(x, torch.Tensor) or weight is None or x.dtype == weight.dtype:
+        return
+    try:
+        autocast = torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type without autocast (meta): no cast happens, the conv will decide
+        return
+    if not autocast:
+        raise TypeError(f'the model weights are {weight.dtype} but the clips are {x.dtype}; convert the clips with '
+                        f'clips.to({weight.dtype}) (or the model with model.to({x.dtype}))')
+
+
+def _install_input_check(model: nn.Module, first_conv: Any) -> None:
+    names = [first_conv] if isinstance(first_conv, str) else list(first_conv or [])
+    for name in names:
+        try:
+            conv = model.get_submodule(name)
+        except AttributeError:
+            continue
+        conv.register_forward_pre_hook(_check_input_dtype)
+        return
+
+
 def build_video_model(
         model_cls: Union[Type[ModelT], Callable[..., ModelT]],
         variant: str,
@@ -115,7 +174,9 @@ def build_video_model(
     1. Resolve the pretrained config of ``variant`` (a tag string, a dict, a config, or the default
        tag from the registry) and apply ``pretrained_cfg_overlay``.
     2. Default ``num_classes`` and ``in_chans`` from the config unless given.
-    3. Construct ``model_cls(**kwargs)`` and attach ``pretrained_cfg`` (a dict).
+    3. Check the common arguments (:func:`check_model_args`), construct ``model_cls(**kwargs)``,
+       give its first convolution a dtype check (a clear error for float64 clips into a float32
+       model) and attach ``pretrained_cfg`` (a dict).
     4. If ``pretrained``: ``fima_models.pretrained.load_pretrained(model, pretrained_cfg, filter_fn)``.
     5. If ``features_only``: wrap in a timm feature class (``feature_cls``, default ``'getter'``)
        selecting ``out_indices`` (default: every level).
@@ -157,7 +218,9 @@ def build_video_model(
     if input_size is not None:
         kwargs.setdefault('in_chans', input_size[0])
 
+    check_model_args(variant, kwargs)
     model = model_cls(**kwargs)
+    _install_input_check(model, cfg_dict.get('first_conv'))
     model.pretrained_cfg = cfg_dict
     model.default_cfg = model.pretrained_cfg
 

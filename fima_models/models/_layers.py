@@ -69,8 +69,12 @@ def check_video_input(
 
     Raises:
         ValueError: Wrong rank, wrong channel count or a clip smaller than ``min_size``.
-        TypeError: Integer input (decoded uint8 frames that were not converted and normalised).
+        TypeError: Not a tensor (e.g. a numpy array), or integer input (decoded uint8 frames that
+            were not converted and normalised).
     """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{model_name} takes a torch.Tensor of clips (N, {in_chans}, T, H, W), got '
+                        f'{type(x).__module__}.{type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32)')
     t, h, w = min_size
     if x.ndim != 5 or x.shape[1] != in_chans or x.shape[2] < t or x.shape[3] < h or x.shape[4] < w:
         hint = ''
