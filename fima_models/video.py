@@ -275,9 +275,8 @@ class VideoReader:
         try:
             scan = scan_packets(container, self.path)
         except av.error.FFmpegError as exc:
-            raise VideoDecodeError(self.path, f"demuxing failed ({describe_error(exc)})") from exc
-        finally:
             self._rewind()
+            raise VideoDecodeError(self.path, f"demuxing failed ({describe_error(exc)})") from exc
         if scan.packets == 0:
             raise VideoDecodeError(self.path, "the video stream contains no frames")
         if given is not None and not scan.distrust and len(scan.sorted_pts) == int(given["num_frames"]):
@@ -286,8 +285,9 @@ class VideoReader:
             _LOGGER.warning("%s: the file no longer matches its stored index; indexing it again", self.path)
         if scan.distrust:
             _LOGGER.info("%s: %s; indexing the frames by decoding the file once", self.path, scan.distrust)
+            self._rewind()
             return self._decode_pass(scan.distrust)
-        return scan.frame_index(self._first_rotation())
+        return scan.frame_index(self._first_rotation(scan.key_pts[0]))
 
     def _decode_pass(self, reason: str) -> FrameIndex:
         """Index by decoding the whole file once (no pixel conversion)."""
@@ -300,14 +300,18 @@ class VideoReader:
         finally:
             self._rewind()
 
-    def _first_rotation(self) -> int:
-        """Display rotation, read from the first picture's display matrix."""
+    def _first_rotation(self, key_pts: int) -> int:
+        """Display rotation, read from the display matrix of the picture at keyframe ``key_pts``.
+
+        Seeking the already open container is much cheaper than opening the file again.
+        """
+        container = self._open()
         try:
-            frame = next(iter(decoded_frames(self._open())), None)
+            container.seek(key_pts, stream=container.streams.video[0], backward=True, any_frame=False)
+            frame = next(iter(decoded_frames(container)), None)
         except av.error.FFmpegError as exc:
-            raise VideoDecodeError(self.path, f"decoding failed ({describe_error(exc)})") from exc
-        finally:
             self._rewind()
+            raise VideoDecodeError(self.path, f"decoding failed ({describe_error(exc)})") from exc
         if frame is None:
             raise VideoDecodeError(self.path, "the decoder produced no picture")
         return display_rotation(frame, self.path)

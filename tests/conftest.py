@@ -1,4 +1,5 @@
-"""Shared test set-up: no test reaches a network or a user's caches, and every test is seeded."""
+"""Shared test set-up: no test reaches a network or a user's caches (except the sample-video cache of
+the real-file corpus, ``real_videos``), and every test is seeded."""
 import atexit
 import os
 import shutil
@@ -25,3 +26,17 @@ torch.set_num_threads(1)
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope='session')
+def real_videos() -> dict:
+    """The real third-party sample videos (name -> path), fetched once into a cache.
+
+    Skipped, with the reason, where the package registries cannot be reached.
+    """
+    from tests.media import MediaUnavailable, fetch_real_videos, media_cache_dir
+
+    try:
+        return fetch_real_videos(media_cache_dir())
+    except MediaUnavailable as exc:
+        pytest.skip(f'real sample videos unavailable: {exc}')

@@ -142,7 +142,10 @@ class VideoDataset(Dataset):
     def load(self, i: int, generator: torch.Generator | None = None) -> tuple[Any, int]:
         """Decode, sample and transform sample ``i`` (no error recovery)."""
         path, label = self.samples[i]
-        with VideoReader(path, **self.reader_kwargs) as reader:
+        info = self.index.info(path) if self.index is not None else None
+        # The index's frame table (from its exact probe) spares the reader a decode pass on open.
+        frame_index = info.get("frame_index") if info is not None else None
+        with VideoReader(path, frame_index=frame_index, **self.reader_kwargs) as reader:
             frames = self.sampler(reader, generator)
         if self.transform is None:
             return frames, label

@@ -1,8 +1,10 @@
 """Persisted per-video index (frame count, fps, size) of a data set.
 
-:func:`build_index` probes every video once (packet demuxing, no decoding) in a
-thread or process pool with a tqdm progress bar and stores the result as JSON,
-written atomically (temporary file + ``os.replace``):
+:func:`build_index` probes every video once with :func:`fima_models.video.probe_video`
+(a demux pass and one decode pass, so frame counts are the decodable frames and files
+whose timestamps mislead get a frame table the readers use) in a thread or process pool
+with a tqdm progress bar and stores the result as JSON, written atomically (temporary
+file + ``os.replace``):
 
 * beside the data: ``<root>/.fima_index.json`` when ``root`` is writable, else
 * in a cache dir: ``<cache_dir or ~/.cache/fima_models/index>/<hash of root>.json``.
@@ -28,12 +30,13 @@ from tqdm.auto import tqdm
 
 from fima_models.video import VideoDecodeError, probe_video
 
-__all__ = ["VideoIndex", "build_index", "index_path_for", "INDEX_FILENAME"]
+__all__ = ["VideoIndex", "build_index", "index_path_for", "probe_entry", "probe_many", "INDEX_FILENAME"]
 
 _LOGGER = logging.getLogger(__name__)
 
 INDEX_FILENAME = ".fima_index.json"
-_VERSION = 1
+#: 2: exact probes (decode pass) with frame tables; version 1 entries counted packets.
+_VERSION = 2
 
 
 @dataclass
@@ -42,8 +45,9 @@ class VideoIndex:
 
     Attributes:
         root: data set root (keys are paths relative to it).
-        entries: key -> ``{size, mtime_ns, num_frames, fps, duration, height, width}``
-            or ``{size, mtime_ns, error}`` for broken videos.
+        entries: key -> ``{size, mtime_ns, **probe_video(path)}`` (``num_frames``, ``fps``,
+            ``duration``, ``height``, ``width``, ``frame_index``, ...) or ``{size, mtime_ns, error}``
+            for broken videos.
         location: JSON file the index is stored in.
         broken: ``(path, reason)`` of the broken videos among those asked for.
         missing: listed paths that do not exist.
@@ -118,8 +122,12 @@ def _save(location: Path, entries: dict[str, dict[str, Any]]) -> None:
         raise
 
 
-def _probe(path: str) -> dict[str, Any]:
-    """Probe one file; never raises (module-level so process pools can pickle it)."""
+def probe_entry(path: str) -> dict[str, Any]:
+    """Probe one file; never raises (module-level so process pools can pickle it).
+
+    Returns:
+        :func:`~fima_models.video.probe_video`'s fields, or ``{"error": reason}``.
+    """
     try:
         return dict(probe_video(path))
     except VideoDecodeError as exc:
@@ -128,6 +136,48 @@ def _probe(path: str) -> dict[str, Any]:
         return {"error": "file not found"}
     except Exception as exc:  # noqa: BLE001 - any failure marks the video broken, the index goes on
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _check_executor(executor: str) -> None:
+    if executor not in ("thread", "process"):
+        raise ValueError(f"executor must be 'thread' or 'process', got '{executor}'")
+
+
+def probe_many(
+    paths: Sequence[str | os.PathLike[str]],
+    workers: int | None = None,
+    executor: str = "thread",
+    progress: bool = True,
+    desc: str = "indexing videos",
+) -> list[dict[str, Any]]:
+    """:func:`probe_entry` for every path, in a pool, with a tqdm progress bar.
+
+    Args:
+        paths: video files.
+        workers: pool size (default: ``min(8, cpu_count)``; 0 or 1 probe in this thread).
+        executor: ``"thread"`` or ``"process"`` pool.
+        progress: show the progress bar.
+        desc: its label.
+
+    Returns:
+        One probe result per path, in order.
+    """
+    _check_executor(executor)
+    names = [str(p) for p in paths]
+    n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    results: list[dict[str, Any]] = []
+    with tqdm(total=len(names), desc=desc, unit="video", disable=not progress) as bar:
+        if n_workers <= 1 or len(names) <= 1:
+            for name in names:
+                results.append(probe_entry(name))
+                bar.update()
+            return results
+        pool: Executor = (ThreadPoolExecutor if executor == "thread" else ProcessPoolExecutor)(n_workers)
+        with pool:
+            for result in pool.map(probe_entry, names):
+                results.append(result)
+                bar.update()
+    return results
 
 
 def build_index(
@@ -157,8 +207,7 @@ def build_index(
         FileNotFoundError: ``strict`` and a listed file is missing.
         VideoDecodeError: ``strict`` and a video is broken.
     """
-    if executor not in ("thread", "process"):
-        raise ValueError(f"executor must be 'thread' or 'process', got '{executor}'")
+    _check_executor(executor)
     root_path = Path(root)
     location = index_path_for(root_path, cache_dir)
     entries = _load(location)
@@ -182,22 +231,7 @@ def build_index(
             continue
         todo.append((key, p, st.st_size, st.st_mtime_ns))
     if todo:
-        n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
-        bar = tqdm(total=len(todo), desc="indexing videos", unit="video", disable=not progress)
-        results: list[dict[str, Any]]
-        if n_workers <= 1 or len(todo) == 1:
-            results = []
-            for _, p, _, _ in todo:
-                results.append(_probe(str(p)))
-                bar.update()
-        else:
-            pool: Executor = (ThreadPoolExecutor if executor == "thread" else ProcessPoolExecutor)(n_workers)
-            with pool:
-                results = []
-                for r in pool.map(_probe, [str(t[1]) for t in todo]):
-                    results.append(r)
-                    bar.update()
-        bar.close()
+        results = probe_many([t[1] for t in todo], workers=workers, executor=executor, progress=progress)
         for (key, _, size, mtime), info in zip(todo, results):
             entries[key] = {**info, "size": size, "mtime_ns": mtime}
         index.probed = len(todo)
