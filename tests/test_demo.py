@@ -1,4 +1,4 @@
-"""The demo end to end at toy size (``--tiny``): every step runs, results.json and files are complete."""
+"""The demo end to end at toy size (``--tiny``), its mask score and the pooling of seeds."""
 
 from __future__ import annotations
 
@@ -7,42 +7,95 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from train.common.config import ConfigError
-from train.demo import binomial_se, demo_config, main
+from train.demo import ROWS, binomial_se, compare_runs, demo_config, main, mask_overlap
 
 
 def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     assert main(["--out", str(out), "--tiny"]) == 0
     results = json.loads((out / "results.json").read_text())
+    for name in ROWS:
+        assert 0.0 <= results[name]["top1"] <= 100.0 and 0.0 <= results[name]["top5"] <= 100.0, name
+        assert results[name]["test_videos"] == 2  # 2 classes x 1 test video
+        assert results[name]["top1_se"] == pytest.approx(binomial_se(results[name]["top1"], 2), abs=0.01)
     for name in ("fima", "moco", "random"):
-        for key in ("linear_top1", "linear_top5", "retrieval_r1", "retrieval_r5", "retrieval_r10"):
+        for key in ("retrieval_r1", "retrieval_r5", "retrieval_r10"):
             assert 0.0 <= results[name][key] <= 100.0, (name, key)
-        assert results[name]["test_videos"] == 2  # 2 held-out classes x 1 test video
-        assert results[name]["linear_top1_se"] == pytest.approx(binomial_se(results[name]["linear_top1"], 2), abs=0.01)
     for method in ("fima", "moco"):
-        assert results[method]["pretrain_steps"] == 3  # 6 pretraining videos, batch 2, one epoch
+        assert results[method]["pretrain_steps"] == 3  # 6 training videos, batch 2, one epoch
         zoo = Path(results[method]["zoo_entry"])
         assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in zoo.iterdir()}
         linear = json.loads((out / f"probe_{method}" / "linear" / "results.json").read_text())
         assert linear["model"] == f"local-dir:{zoo}" and linear["weights"]["method"] == method
         assert len(linear["weights"]["sha256"]) == 64
+    # the supervised controls train for as many steps as pretraining (6 videos / batch 2 = 3 a epoch)
+    assert results["supervised"]["train_steps"] == 3 and results["appearance"]["train_steps"] == 3
+    appearance = json.loads((out / "appearance" / "results.json").read_text())
+    assert appearance["config"]["data"]["clip_len"] == 1  # single frames
+    mask = results["mask"]
+    assert mask["videos"] == 2
+    for name in ("fima", "moco", "random"):
+        assert 0.0 <= mask[name]["object_recall"] <= 1.0 and 0.0 < mask[name]["fg_frac"] <= 0.5
     setup = results["setup"]
-    assert setup["probe_classes"] == 2 and setup["chance_top1"] == 50.0 and setup["backbone"] == "test_r2plus1d"
-    assert (out / "demo.png").stat().st_size > 10_000
+    assert setup["classes"] == 2 and setup["chance_top1"] == 50.0 and setup["backbone"] == "test_r2plus1d"
+    assert setup["train_videos"] == 6 and setup["test_videos"] == 2
+    assert results["cpu_time_s"] > 0 and results["wall_time_s"] > 0
+    assert (out / "demo.png").stat().st_size > 20_000
     table = (out / "results.md").read_text()
-    assert "| fima |" in table and "| moco |" in table and "| random |" in table
+    for row in ("FIMA", "MoCo", "floor", "ceiling", "appearance only", "object pixels inside the mask"):
+        assert row in table
 
 
-def test_demo_config_refuses_overlapping_classes() -> None:
-    with pytest.raises(ConfigError, match="held out"):
-        demo_config(["data.probe_classes=[MoveLeft, MoveRight]"])
+def test_demo_config_checks() -> None:
+    with pytest.raises(ConfigError, match="at least two"):
+        demo_config(["data.classes=[MoveUp]"])
+    with pytest.raises(ConfigError, match="test_fraction"):
+        demo_config(["data.test_fraction=0.0"])
     cfg = demo_config(["probe.linear_epochs=5"], tiny=True)
     assert cfg["probe"]["linear_epochs"] == 5 and cfg["data"]["size"] == 32
+    assert demo_config()["data"]["size"] == 64  # the default run: a 4x4 map for the demo backbone
 
 
 def test_binomial_se() -> None:
     assert binomial_se(50.0, 100) == pytest.approx(5.0)
     assert binomial_se(0.0, 10) == 0.0
     assert math.isnan(binomial_se(30.0, 0))
+
+
+def test_mask_overlap_by_hand() -> None:
+    # 2x2 cells over a 4x4 image; the object covers the top-left cell fully (4 px) and 2 px of the top-right one
+    obj = torch.zeros(1, 4, 4, dtype=torch.bool)
+    obj[0, :2, :2] = True
+    obj[0, 0, 2:] = True
+    fg = torch.tensor([[[True, False], [False, False]]])
+    scores = mask_overlap(fg, obj)
+    assert scores["object_recall"] == pytest.approx(4 / 6)
+    assert scores["fg_frac"] == pytest.approx(0.25)
+    assert scores["iou"] == pytest.approx(1 / 2)  # fg = {TL}, touched = {TL, TR}
+    with pytest.raises(ValueError, match="multiple"):
+        mask_overlap(fg, torch.zeros(1, 5, 4, dtype=torch.bool))
+
+
+def _fake_run(folder: Path, seed: int, fima: float, moco: float, n: int) -> Path:
+    folder.mkdir()
+    rows = {"fima": fima, "moco": moco}
+    results = {name: {"top1": v, "test_videos": n} for name, v in rows.items()}
+    results["setup"] = {"config": {"seed": seed}}
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_compare_runs_pools_test_videos(tmp_path: Path) -> None:
+    a = _fake_run(tmp_path / "s0", 0, fima=60.0, moco=40.0, n=100)
+    b = _fake_run(tmp_path / "s1", 1, fima=80.0, moco=50.0, n=100)
+    table = compare_runs([a, b])
+    # pooled: FIMA 140/200 = 70 %, MoCo 90/200 = 45 %; SE of the difference sqrt(.7*.3/200 + .45*.55/200)
+    gap_se = 100 * math.sqrt(0.7 * 0.3 / 200 + 0.45 * 0.55 / 200)
+    assert "| 70.0 ± 3.2 |" in table and "| 45.0 ± 3.5 |" in table
+    assert f"+25.0 ± {gap_se:.1f} ({25 / gap_se:+.1f} SE)" in table
+    assert "seeds 0, 1" in table
+    with pytest.raises(FileNotFoundError, match="python -m train demo"):
+        compare_runs([tmp_path / "missing"])

@@ -1,30 +1,36 @@
 """``python -m train demo --out DIR``: the whole pipeline, offline, on two CPU cores in minutes.
 
-Steps (all through the real code paths):
+The demo follows the paper's protocol on a motion benchmark that labels can solve and single
+frames cannot:
 
-1. **Data** -- :func:`fima_models.data.synthetic.write_motion_dataset` renders two disjoint
-   sets of procedural motion videos in the UCF101 layout, where the label is the motion and the
-   appearance is random per video: a *pretraining* set over some motion classes (used without
-   labels) and a *probe* set over the **other**, held-out motion classes, with a train / test
-   split. A backbone therefore scores on the probe only through motion features that transfer
-   to motions it never saw.
-2. **Pretraining** -- :func:`train.pretrain.run_pretrain` trains FIMA and the MoCo baseline with
-   the same backbone, data, schedule and number of steps (configs derived from
-   ``train/configs/smoke_{fima,moco}.yaml``).
+1. **Data** -- :func:`fima_models.data.synthetic.write_motion_dataset` renders one set of
+   procedural motion videos in the UCF101 layout (train / test split). The label is the motion
+   of one object; its shape, size, texture, colour, start position, the background and the
+   noise are random per video, so single frames carry no label. The classes are unchanged by a
+   horizontal flip (up / down, zoom in / out, shakes, static), so the paper's flip augmentation
+   cannot turn one class into another.
+2. **Pretraining** -- :func:`train.pretrain.run_pretrain` trains FIMA and the MoCo baseline on the
+   training videos, labels unused, with the same backbone, data, augmentation, schedule and number
+   of steps (configs derived from ``train/configs/smoke_{fima,moco}.yaml``).
 3. **Export** -- :func:`fima_models.convert.convert_checkpoint` turns each final checkpoint into a
-   zoo entry (``model.safetensors`` + ``config.json`` + model card) and
-   ``fima_models.create_model("local-dir:...")`` loads it back; the loaded weights are checked
-   against the checkpoint tensor by tensor.
-4. **Evaluation** -- the downstream recipes (``python -m train linear`` / ``retrieval``, run
-   in-process) evaluate the FIMA and MoCo zoo entries and a randomly initialised backbone on the
-   held-out probe set: a linear probe (10-clip-style multi-clip test) and retrieval Recall@k.
-5. **Report** -- ``DIR/results.json`` (``{"fima": {"linear_top1", "retrieval_r1", ...}, "moco":
-   {...}, "random": {...}, "setup": {...}}``), ``DIR/results.md`` and ``DIR/demo.png`` (pretraining
-   loss curves and the accuracy comparison).
+   zoo entry and ``fima_models.create_model("local-dir:...")`` loads it back; the loaded weights are
+   checked against the checkpoint tensor by tensor.
+4. **Evaluation** -- the downstream recipes (``python -m train linear`` / ``retrieval`` /
+   ``finetune``, run in-process): a linear probe on the labelled training videos and a multi-clip
+   test on the held-out test videos, and retrieval Recall@k, for the FIMA and MoCo zoo entries and
+   three controls: ``random`` (frozen random initialisation, the floor), ``supervised`` (the same
+   backbone trained with the labels for as many steps as pretraining, the ceiling) and
+   ``appearance`` (the same supervised training on single frames: what appearance alone gives).
+   A diagnostic scores FIMA's foreground mask (its key encoder's RGB + frame-difference map,
+   cells above the median) against the true object mask the generator knows.
+5. **Report** -- ``DIR/results.json``, ``DIR/results.md`` and ``DIR/demo.png`` (accuracy bars with
+   standard errors and the chance line, pretraining loss curves, sample frames per class, FIMA's
+   foreground mask on test clips).
 
 Every setting is in :data:`DEMO_CONFIG`; change any with dotted ``key=value`` overrides
-(``pretrain.epochs=10 probe.linear_epochs=100``); ``--tiny`` shrinks everything for tests.
+(``pretrain.overrides.train.epochs=10 seed=1``); ``--tiny`` shrinks everything for tests.
 Re-running on the same ``--out`` reuses the generated data and resumes finished steps.
+``python -m train demo --compare DIR DIR ...`` pools the results of several seeds.
 """
 
 from __future__ import annotations
@@ -34,24 +40,38 @@ import copy
 import json
 import logging
 import math
+import resource
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 import fima_models
 from fima_models.checkpoint import load_backbone_state_dict
 from fima_models.convert import convert_checkpoint
-from fima_models.data.synthetic import write_motion_dataset
+from fima_models.data import build_dataset
+from fima_models.data.synthetic import dataset_clip, write_motion_dataset
+from fima_models.transforms import FIMA_MEAN, FIMA_STD, frame_difference
 from train.common.checkpoint import atomic_write, atomic_write_text
 from train.common.config import ConfigError, apply_overrides, load_yaml, merge
 from train.common.run_log import read_csv, setup_console_logging
 from train.downstream import resolve_config
 from train.downstream import run as run_downstream
+from train.fima.losses import foreground_mask
 from train.pretrain import run_pretrain
 
-__all__ = ["DEMO_CONFIG", "TINY_OVERRIDES", "binomial_se", "demo_config", "run_demo", "main"]
+__all__ = [
+    "DEMO_CONFIG",
+    "TINY_OVERRIDES",
+    "binomial_se",
+    "compare_runs",
+    "demo_config",
+    "mask_overlap",
+    "run_demo",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +84,15 @@ DEMO_CONFIG: dict[str, Any] = {
     # more threads than free cores makes OpenMP spin and runs many times slower
     "threads": 1,
     "data": {
-        # pretraining motions (labels unused) and held-out probe motions: disjoint sets
-        "pretrain_classes": [
-            "MoveLeft", "MoveUp", "MoveDownRight", "CircleClockwise", "ZoomIn", "ShakeHorizontal", "Static",
-        ],
-        "probe_classes": [
-            "MoveRight", "MoveDown", "MoveUpLeft", "MoveRightFast", "CircleCounterClockwise", "ZoomOut",
-            "ShakeVertical",
-        ],
-        "pretrain_videos_per_class": 16,
-        # 30 per class, half of them test: 105 test videos (binomial SE about 3.5 points near chance)
-        "probe_videos_per_class": 30,
-        "probe_test_fraction": 0.5,
+        # motions a horizontal flip leaves unchanged: the paper's flip augmentation keeps the label
+        "classes": ["MoveUp", "MoveDown", "ZoomIn", "ZoomOut", "ShakeHorizontal", "ShakeVertical", "Static"],
+        # 40 training videos per class (pretraining without labels, then the probe's labelled split)
+        # and 40 test videos per class: 280 test videos, binomial SE <= 3 points at any accuracy
+        "videos_per_class": 80,
+        "test_fraction": 0.5,
         "num_frames": 32,
-        # 32x32 frames: 4x cheaper than 64x64 to decode and to train on, so 3x more steps fit the budget
-        "size": 32,
+        # 64x64: the demo backbone's final map is 4x4 cells (FIMA's dense term needs cells)
+        "size": 64,
     },
     "pretrain": {
         "fima_config": str(_CONFIGS / "smoke_fima.yaml"),
@@ -88,38 +102,42 @@ DEMO_CONFIG: dict[str, Any] = {
             "device": "cpu",
             "model": {"arch": "test_r2plus1d"},
             "data": {
-                "clip_len": 16, "size": 32, "num_workers": 1, "synthetic": None,
-                # FIMA's full augmentation (crops of 20-100 %, jitter p=0.8, grayscale, blur) keeps every
-                # loss at chance level for this backbone and budget (docs/demo.md); without it the
-                # losses fall within the budget. Same for both methods.
-                "transform": {"scale": [0.9, 1.0], "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0},
+                "clip_len": 16, "size": 64, "num_workers": 1, "synthetic": None,
+                # the paper's augmentation (crops of 20-100 %, flip, colour jitter p=0.8, grayscale
+                # p=0.2, blur p=0.5: FimaViewTransform's defaults); it is what keeps MoCo from
+                # telling videos apart by their random colours (docs/demo.md)
+                "transform": {},
             },
-            "train": {"epochs": 18, "batch_size": 8, "checkpoint_every_epochs": 6, "print_every": 10},
-            # a run of ~250 steps: a slower-moving key encoder (0.999) would barely leave its random init
+            "train": {"epochs": 5, "batch_size": 8, "checkpoint_every_epochs": 5, "print_every": 10},
+            # a run of ~175 steps: a slower-moving key encoder (0.999) would barely leave its random init
             "fima": {"momentum": 0.99},
         },
+    },
+    "supervised": {
+        # 16 clips a step = FIMA's 8 videos x 2 clips; the number of steps follows pretraining's
+        "batch_size": 16,
+        "lr": 0.05,
     },
     "probe": {
         "clip_len": 8,  # = the pretraining global view: 8 frames ...
         "step": 2,  # ... taken every 2nd frame
-        "size": 32,
-        "test_clips": 4,
+        "size": 64,
+        "test_clips": 5,
         "linear_train_clips": 4,
         "linear_epochs": 60,
         "linear_batch_size": 64,
         "linear_lr": 0.1,
         "retrieval_clips": 4,
-        "random_baseline": True,
     },
+    # FIMA's foreground mask against the true object mask, on this many test videos (one clip each)
+    "mask": {"videos": 32, "shown": 4},
 }
 
 #: ``--tiny``: the same steps at toy size (for tests; the numbers mean nothing).
 TINY_OVERRIDES: list[str] = [
-    "data.pretrain_classes=[MoveLeft, MoveUp, ZoomIn]",
-    "data.probe_classes=[MoveRight, MoveDown]",
-    "data.pretrain_videos_per_class=2",
-    "data.probe_videos_per_class=3",
-    "data.probe_test_fraction=0.34",
+    "data.classes=[MoveUp, MoveDown]",
+    "data.videos_per_class=4",
+    "data.test_fraction=0.25",
     "data.num_frames=16",
     "data.size=32",
     "pretrain.overrides.data.clip_len=8",
@@ -128,15 +146,22 @@ TINY_OVERRIDES: list[str] = [
     "pretrain.overrides.train.batch_size=2",
     "pretrain.overrides.train.checkpoint_every_epochs=1",
     "pretrain.overrides.data.num_workers=0",
+    "supervised.batch_size=2",
     "probe.clip_len=4",
     "probe.size=32",
     "probe.test_clips=2",
     "probe.linear_train_clips=2",
     "probe.linear_epochs=2",
     "probe.retrieval_clips=2",
+    "mask.videos=2",
+    "mask.shown=2",
 ]
 
 METHODS = ("fima", "moco")
+#: Rows of the result table: the two methods, then the controls.
+ROWS = ("fima", "moco", "random", "supervised", "appearance")
+_COLOURS = {"fima": "tab:red", "moco": "tab:blue", "random": "tab:gray", "supervised": "tab:green",
+            "appearance": "tab:olive"}
 
 
 def demo_config(overrides: Sequence[str] = (), tiny: bool = False) -> dict[str, Any]:
@@ -145,32 +170,25 @@ def demo_config(overrides: Sequence[str] = (), tiny: bool = False) -> dict[str, 
     if tiny:
         cfg = apply_overrides(cfg, TINY_OVERRIDES)
     cfg = apply_overrides(cfg, overrides)
-    overlap = set(cfg["data"]["pretrain_classes"]) & set(cfg["data"]["probe_classes"])
-    if overlap:
-        raise ConfigError(f"probe classes must be held out from pretraining; both lists contain {sorted(overlap)}")
+    if len(cfg["data"]["classes"]) < 2:
+        raise ConfigError(f"data.classes needs at least two motion classes, got {cfg['data']['classes']}")
+    if not 0 < float(cfg["data"]["test_fraction"]) < 1:
+        raise ConfigError("data.test_fraction must lie strictly between 0 and 1: the probe needs train and test videos")
     return cfg
 
 
-def _prepare_data(cfg: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
+def _prepare_data(cfg: Mapping[str, Any], out: Path) -> Path:
     data = cfg["data"]
-    common = {"num_frames": int(data["num_frames"]), "size": int(data["size"]), "progress": False}
-    pre = write_motion_dataset(
-        out / "data" / "pretrain",
-        classes=list(data["pretrain_classes"]),
-        videos_per_class=int(data["pretrain_videos_per_class"]),
+    return write_motion_dataset(
+        out / "data" / "motion",
+        classes=list(data["classes"]),
+        videos_per_class=int(data["videos_per_class"]),
+        num_frames=int(data["num_frames"]),
+        size=int(data["size"]),
         seed=int(cfg["seed"]),
-        test_fraction=0.0,  # every pretraining video is in trainlist01 (labels are never used)
-        **common,
+        test_fraction=float(data["test_fraction"]),
+        progress=False,
     )
-    probe = write_motion_dataset(
-        out / "data" / "probe",
-        classes=list(data["probe_classes"]),
-        videos_per_class=int(data["probe_videos_per_class"]),
-        seed=int(cfg["seed"]) + 1,
-        test_fraction=float(data["probe_test_fraction"]),
-        **common,
-    )
-    return pre, probe
 
 
 def _pretrain(cfg: Mapping[str, Any], method: str, data_root: Path, out: Path) -> tuple[Path, dict[str, Any]]:
@@ -210,15 +228,31 @@ def _export(checkpoint: Path, arch: str, method: str, out: Path) -> tuple[Path, 
     return zoo_dir, f"local-dir:{zoo_dir}"
 
 
-def _probe(cfg: Mapping[str, Any], model: str, probe_root: Path, out: Path) -> dict[str, float]:
-    """Linear probe and retrieval of one backbone on the held-out probe set."""
+def _downstream_common(cfg: Mapping[str, Any], clip_len: int, step: int) -> list[str]:
     p = cfg["probe"]
-    common = [
-        f"data.clip_len={p['clip_len']}", f"data.step={p['step']}", f"data.size={p['size']}",
-        f"data.test_clips={p['test_clips']}", "data.workers=0", "device=cpu", f"seed={cfg['seed']}",
+    return [
+        f"data.clip_len={clip_len}", f"data.step={step}", f"data.size={p['size']}",
+        f"data.test_clips={p['test_clips']}", "data.workers=0", "device=cpu", "precision=fp32", f"seed={cfg['seed']}",
         "log.tensorboard=false", "log.print_every=0",
     ]
-    flags = {"dataset": "ucf101", "root": str(probe_root), "split": 1, "model": model}
+
+
+def _scores(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Multi-clip test accuracy of a classifier run, with its binomial standard error."""
+    n_test = int(metrics.get("num_videos") or 0)
+    return {
+        "top1": round(metrics["top1"], 2),
+        "top5": round(metrics["top5"], 2),
+        "top1_se": round(binomial_se(metrics["top1"], n_test), 2),
+        "test_videos": n_test,
+    }
+
+
+def _probe(cfg: Mapping[str, Any], model: str, data_root: Path, out: Path) -> dict[str, float]:
+    """Linear probe and retrieval of one frozen backbone on the motion data set."""
+    p = cfg["probe"]
+    common = _downstream_common(cfg, int(p["clip_len"]), int(p["step"]))
+    flags = {"dataset": "ucf101", "root": str(data_root), "split": 1, "model": model}
     linear = run_downstream(resolve_config("linear", None, {**flags, "out": str(out / "linear")}, common + [
         f"linear.train_clips={p['linear_train_clips']}", f"linear.epochs={p['linear_epochs']}",
         f"linear.batch_size={p['linear_batch_size']}", f"linear.optim.lr={p['linear_lr']}",
@@ -229,15 +263,36 @@ def _probe(cfg: Mapping[str, Any], model: str, probe_root: Path, out: Path) -> d
     ]))
     n_test = int(linear.get("num_videos") or 0)
     return {
-        "linear_top1": round(linear["top1"], 2),
-        "linear_top5": round(linear["top5"], 2),
+        **_scores(linear),
         "retrieval_r1": round(retrieval["R@1"], 2),
         "retrieval_r5": round(retrieval["R@5"], 2),
         "retrieval_r10": round(retrieval["R@10"], 2),
-        "test_videos": n_test,
-        "linear_top1_se": round(binomial_se(linear["top1"], n_test), 2),
         "retrieval_r1_se": round(binomial_se(retrieval["R@1"], n_test), 2),
     }
+
+
+def _train_videos(data_root: Path) -> int:
+    return sum(1 for line in (data_root / "ucfTrainTestlist" / "trainlist01.txt").read_text().splitlines() if line)
+
+
+def _supervised(
+    cfg: Mapping[str, Any], arch: str, data_root: Path, out: Path, steps: int, single_frame: bool
+) -> dict[str, float]:
+    """Train the backbone from random init with the labels (fine-tune recipe) for about ``steps`` steps.
+
+    ``single_frame``: clips of one frame, i.e. the labels learned from appearance alone.
+    """
+    s, p = cfg["supervised"], cfg["probe"]
+    batch = int(s["batch_size"])
+    epochs = max(1, round(steps / max(1, _train_videos(data_root) // batch)))
+    clip_len, step = (1, 1) if single_frame else (int(p["clip_len"]), int(p["step"]))
+    flags = {"dataset": "ucf101", "root": str(data_root), "split": 1, "model": arch, "out": str(out)}
+    metrics = run_downstream(resolve_config("finetune", None, flags, _downstream_common(cfg, clip_len, step) + [
+        f"finetune.epochs={epochs}", f"finetune.batch_size={batch}", "finetune.dropout=0.0",
+        f"finetune.optim.lr={s['lr']}", "finetune.schedule.name=cosine", f"finetune.save_every={epochs}",
+    ]))
+    return {**_scores(metrics), "train_steps": int(metrics.get("steps", 0)),
+            "train_acc1": round(float(metrics.get("train_acc1", math.nan)), 2)}
 
 
 def binomial_se(percent: float, n: int) -> float:
@@ -248,74 +303,242 @@ def binomial_se(percent: float, n: int) -> float:
     return 100.0 * math.sqrt(p * (1.0 - p) / n)
 
 
+# --------------------------------------------------------------------------- foreground-mask diagnostic
+def mask_overlap(predicted: torch.Tensor, object_mask: torch.Tensor) -> dict[str, float]:
+    """Score a cell-level foreground mask against a pixel-level object mask.
+
+    Args:
+        predicted: bool ``(N, h, w)`` foreground cells.
+        object_mask: bool ``(N, H, W)`` true object pixels (over the clip's frames), ``H, W``
+            multiples of ``h, w``.
+
+    Returns:
+        ``object_recall``: share of object pixels that lie in foreground cells; ``fg_frac``: share of
+        cells that are foreground (the recall a mask blind to the object would get on average);
+        ``iou``: intersection over union of the foreground cells and the cells the object touches.
+    """
+    n, h, w = predicted.shape
+    big_h, big_w = object_mask.shape[-2:]
+    if big_h % h or big_w % w:
+        raise ValueError(f"object mask {big_h}x{big_w} is not a multiple of the {h}x{w} cell grid")
+    pixels = object_mask.float().reshape(n, h, big_h // h, w, big_w // w).sum(dim=(2, 4))  # object pixels per cell
+    fg = predicted.float()
+    touched = pixels > 0
+    inter = (predicted & touched).flatten(1).sum(1).float()
+    union = (predicted | touched).flatten(1).sum(1).float().clamp_min(1.0)
+    return {
+        "object_recall": float(((pixels * fg).flatten(1).sum(1) / pixels.flatten(1).sum(1).clamp_min(1.0)).mean()),
+        "fg_frac": float(fg.mean()),
+        "iou": float((inter / union).mean()),
+    }
+
+
+def _key_encoder(checkpoint: Path | None, arch: str) -> torch.nn.Module:
+    """The momentum (key) encoder of a pretraining checkpoint, or a random init when ``checkpoint`` is None."""
+    model = fima_models.create_model(arch, num_classes=0)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["pretrainer"]
+        prefix = "encoder_k."
+        model.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    return model
+
+
+def _mask_clips(cfg: Mapping[str, Any], data_root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One centred clip (probe length and stride, full frame) per test video: [0, 1] frames and object masks."""
+    p = cfg["probe"]
+    test = build_dataset("ucf101", data_root, split=1, train=False, progress=False)
+    # every k-th test video: all classes are represented
+    count = min(int(cfg["mask"]["videos"]), len(test.samples))
+    picks = np.linspace(0, len(test.samples) - 1, count).round().astype(int)
+    span = (int(p["clip_len"]) - 1) * int(p["step"]) + 1
+    frames, masks, labels = [], [], []
+    for i in picks:
+        path, label = test.samples[int(i)]
+        clip = dataset_clip(data_root, path)
+        start = max(0, (len(clip.frames) - span) // 2)
+        idx = np.arange(start, start + span, int(p["step"])).clip(max=len(clip.frames) - 1)
+        frames.append(torch.from_numpy(clip.frames[idx]).permute(3, 0, 1, 2).float() / 255.0)  # (3, T, H, W)
+        masks.append(torch.from_numpy(clip.mask[idx]).any(dim=0))
+        labels.append(test.classes[label])
+    return torch.stack(frames), torch.stack(masks), labels
+
+
+def _foreground(encoder: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """FIMA's foreground cells of [0, 1] clips ``(N, 3, T, H, W)`` under ``encoder`` (RGB and difference views)."""
+    mean = torch.tensor(FIMA_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(FIMA_STD).view(1, 3, 1, 1, 1)
+    # train mode as in FIMA's key encoder: BatchNorm statistics of each view type's own batch
+    encoder.train()
+    with torch.no_grad():
+        rgb_map = encoder.forward_features((frames - mean) / std)
+        diff_map = encoder.forward_features((frame_difference(frames) - mean) / std)
+    return foreground_mask(rgb_map, diff_map)
+
+
+def _mask_diagnostic(
+    cfg: Mapping[str, Any], arch: str, data_root: Path, checkpoints: Mapping[str, Path]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    frames, masks, labels = _mask_clips(cfg, data_root)
+    scores: dict[str, Any] = {}
+    fima_fg = None
+    for name in (*METHODS, "random"):
+        fg = _foreground(_key_encoder(checkpoints.get(name), arch), frames)
+        scores[name] = {k: round(v, 3) for k, v in mask_overlap(fg, masks).items()}
+        if name == "fima":
+            fima_fg = fg
+    scores["videos"] = len(labels)
+    shown = int(cfg["mask"]["shown"])
+    picks = np.linspace(0, len(labels) - 1, min(shown, len(labels))).round().astype(int)
+    figure = {"frames": frames[picks], "masks": masks[picks], "fg": fima_fg[picks] if fima_fg is not None else None,
+              "labels": [labels[i] for i in picks]}
+    return scores, figure
+
+
+# --------------------------------------------------------------------------- report
 def _pm(r: Mapping[str, Any], key: str) -> str:
+    """``value ± se`` when the row has both, ``value`` or ``-`` otherwise."""
+    if key not in r:
+        return "-"
     se = r.get(f"{key}_se")
     return f"{r[key]:.1f}" if se is None or math.isnan(se) else f"{r[key]:.1f} ± {se:.1f}"
 
 
-def _table(results: Mapping[str, Any], chance: float) -> str:
+_ROW_NAMES = {
+    "fima": "FIMA (linear probe)",
+    "moco": "MoCo (linear probe)",
+    "random": "random init (linear probe): floor",
+    "supervised": "supervised, all layers: ceiling",
+    "appearance": "supervised on single frames: appearance only",
+}
+
+
+def _table(results: Mapping[str, Any]) -> str:
     lines = [
-        "| backbone | linear top-1 | linear top-5 | retrieval R@1 | R@5 | R@10 | pretrain steps | final loss |",
+        "| backbone | top-1 | top-5 | retrieval R@1 | R@5 | R@10 | steps | final loss |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("fima", "moco", "random"):
+    for name in ROWS:
         if name not in results:
             continue
         r = results[name]
-        steps = r.get("pretrain_steps", "-")
+        steps = r.get("pretrain_steps", r.get("train_steps", "-"))
         loss = r.get("pretrain_final_loss")
         lines.append(
-            f"| {name} | {_pm(r, 'linear_top1')} | {r['linear_top5']:.1f} | {_pm(r, 'retrieval_r1')} | "
-            f"{r['retrieval_r5']:.1f} | {r['retrieval_r10']:.1f} | {steps} | "
-            f"{'-' if loss is None else f'{loss:.3f}'} |"
+            f"| {_ROW_NAMES[name]} | {_pm(r, 'top1')} | {_pm(r, 'top5')} | {_pm(r, 'retrieval_r1')} | "
+            f"{_pm(r, 'retrieval_r5')} | {_pm(r, 'retrieval_r10')} | {steps} | {'-' if loss is None else f'{loss:.3f}'} |"
         )
-    lines.append("")
-    n_test = next((results[k].get("test_videos") for k in ("fima", "moco", "random") if k in results), None)
-    lines.append(f"Chance: {chance:.1f} % top-1 ({results['setup']['probe_classes']} held-out motion classes, "
-                 f"{n_test} test videos). ± is the binomial standard error over the test videos (one pretraining "
-                 "seed; it does not include the spread between pretraining seeds).")
+    setup = results["setup"]
+    lines += [
+        "",
+        f"Chance: {setup['chance_top1']:.1f} % top-1 ({setup['classes']} motion classes, {setup['test_videos']} "
+        "held-out test videos). ± is the binomial standard error over the test videos (one seed; it does not "
+        "include the spread between seeds).",
+    ]
+    mask = results.get("mask")
+    if mask:
+        lines += [
+            "",
+            f"Foreground mask (key encoder, RGB + frame-difference map above its median) on {mask['videos']} test "
+            "clips, against the true object mask:",
+            "",
+            "| key encoder | object pixels inside the mask | mask share of cells (blind mask) | IoU with object cells |",
+            "|---|---|---|---|",
+        ]
+        for name in (*METHODS, "random"):
+            m = mask[name]
+            lines.append(f"| {name} | {100 * m['object_recall']:.1f} % | {100 * m['fg_frac']:.1f} % | {m['iou']:.2f} |")
     return "\n".join(lines)
 
 
-def _plot(out: Path, results: Mapping[str, Any], chance: float) -> Path:
+def _plot(out: Path, results: Mapping[str, Any], data_root: Path, classes: Sequence[str], figure: Mapping[str, Any]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = {"fima": "tab:red", "moco": "tab:blue", "random": "tab:gray"}
+    fig = plt.figure(figsize=(15, 10))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1, 1.1])
+    ax_acc = fig.add_subplot(grid[0, 0])
+    ax_loss = fig.add_subplot(grid[0, 1])
+    strip = grid[1, 0].subgridspec(1, 1)
+    ax_strip = fig.add_subplot(strip[0])
+    ax_mask = fig.add_subplot(grid[1, 1])
+
+    chance = results["setup"]["chance_top1"]
+    names = [n for n in ROWS if n in results]
+    vals = [results[n]["top1"] for n in names]
+    errs = [results[n]["top1_se"] for n in names]
+    bars = ax_acc.bar(range(len(names)), vals, yerr=errs, capsize=4, color=[_COLOURS[n] for n in names])
+    ax_acc.bar_label(bars, fmt="%.1f", fontsize=9, padding=6)
+    ax_acc.axhline(chance, color="black", linestyle=":", linewidth=1, label=f"chance ({chance:.1f} %)")
+    ax_acc.set_xticks(range(len(names)), [n if n not in ("supervised", "appearance") else
+                                          {"supervised": "supervised\n(ceiling)", "appearance": "single frames\n(appearance)"}[n]
+                                          for n in names])
+    ax_acc.set_ylabel("top-1 % on held-out test videos")
+    ax_acc.set_ylim(0, 105)
+    ax_acc.set_title("motion classes: linear probe (methods, random) / supervised (controls), ± SE")
+    ax_acc.legend(loc="upper left")
+
     for method in METHODS:
         rows = read_csv(out / f"pretrain_{method}" / "metrics.csv")
         steps = [int(float(r["step"])) for r in rows]
-        ax_loss.plot(steps, [float(r["loss"]) for r in rows], color=colours[method], label=f"{method}: total loss")
-        if method == "fima" and rows and "loss_global" in rows[0]:
-            ax_loss.plot(steps, [float(r["loss_global"]) for r in rows], color=colours[method], linestyle="--",
-                         label="fima: global (MoCo) term")
+        ax_loss.plot(steps, [float(r["loss"]) for r in rows], color=_COLOURS[method], label=f"{method}: total")
+        if method == "fima" and rows:
+            for column, style in (("loss_global", "--"), ("loss_frame", "-."), ("loss_dense", ":")):
+                if column in rows[0]:
+                    ax_loss.plot(steps, [float(r[column]) for r in rows], color=_COLOURS[method], linestyle=style,
+                                 linewidth=1, label=f"fima: {column[5:]}")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("InfoNCE loss")
-    ax_loss.set_title("pretraining")
+    ax_loss.set_title("pretraining losses")
     ax_loss.grid(alpha=0.3)
-    ax_loss.legend()
-    names = [n for n in ("fima", "moco", "random") if n in results]
-    metrics = [("linear_top1", "linear top-1"), ("retrieval_r1", "retrieval R@1"), ("retrieval_r5", "retrieval R@5")]
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(metrics))]
-        vals = [results[name][m] for m, _ in metrics]
-        bars = ax_acc.bar(xs, vals, width, color=colours[name], label=name)
-        ax_acc.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax_acc.axhline(chance, color="black", linestyle=":", linewidth=1, label=f"chance ({chance:.0f} %)")
-    ax_acc.set_xticks(range(len(metrics)), [label for _, label in metrics])
-    ax_acc.set_ylabel("% (held-out motion classes)")
-    ax_acc.set_ylim(0, 105)
-    ax_acc.set_title("motion probe")
-    ax_acc.legend()
+    ax_loss.legend(fontsize=8)
+
+    # one training video per class, every 4th frame
+    train = build_dataset("ucf101", data_root, split=1, train=True, progress=False)
+    first = {}
+    for path, label in train.samples:
+        first.setdefault(label, path)
+    rows_img = []
+    for label in range(len(classes)):
+        frames = dataset_clip(data_root, first[label]).frames
+        rows_img.append(np.concatenate(list(frames[:: max(1, len(frames) // 6)][:6]), axis=1))
+    ax_strip.imshow(np.concatenate(rows_img, axis=0))
+    side = rows_img[0].shape[0]
+    ax_strip.set_yticks([side * (i + 0.5) for i in range(len(classes))], list(classes))
+    ax_strip.set_xticks([])
+    ax_strip.set_title("one video per class (time ->): the motion is the label")
+
+    if figure.get("fg") is not None:
+        tiles = []
+        for frames, obj, fg in zip(figure["frames"], figure["masks"], figure["fg"]):
+            mid = frames[:, frames.shape[1] // 2].permute(1, 2, 0).numpy()  # (H, W, 3)
+            h, w = mid.shape[:2]
+            cells = torch.nn.functional.interpolate(fg[None, None].float(), size=(h, w), mode="nearest")[0, 0].numpy()
+            shaded = mid * (0.35 + 0.65 * cells[..., None])  # background cells darkened
+            inside = obj.numpy()
+            interior = inside.copy()
+            for shift, axis in ((1, 0), (-1, 0), (1, 1), (-1, 1)):
+                interior &= np.roll(inside, shift, axis)
+            shaded[inside & ~interior] = (1.0, 1.0, 0.0)  # outline of the true object (over the clip)
+            tiles.append(np.concatenate([mid, shaded], axis=0))
+        ax_mask.imshow(np.concatenate(tiles, axis=1).clip(0, 1))
+        ax_mask.set_xticks([w * (i + 0.5) for i in range(len(tiles))], figure["labels"], fontsize=8)
+        ax_mask.set_yticks([])
+        ax_mask.set_title("FIMA's foreground mask on test clips\n(bottom: dark cells = background, yellow = true object)")
+    else:
+        ax_mask.axis("off")
     fig.tight_layout()
     path = out / "demo.png"
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100), mode="wb")
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90), mode="wb")
     plt.close(fig)
     return path
+
+
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # DataLoader worker processes
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_demo(out: str | Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,51 +554,106 @@ def run_demo(out: str | Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run_demo(out: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    pre_root, probe_root = _prepare_data(cfg, out)
-    log.info("data ready in %.0f s: pretraining %s, probe %s", time.perf_counter() - t0, pre_root, probe_root)
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    data_root = _prepare_data(cfg, out)
+    log.info("data ready in %.0f s: %s", time.perf_counter() - t0, data_root)
     arch = str(cfg["pretrain"]["overrides"]["model"]["arch"])
     results: dict[str, Any] = {}
+    checkpoints: dict[str, Path] = {}
     for method in METHODS:
-        checkpoint, info = _pretrain(cfg, method, pre_root, out)
+        checkpoint, info = _pretrain(cfg, method, data_root, out)
+        checkpoints[method] = checkpoint
         zoo_dir, model_name = _export(checkpoint, arch, method, out)
-        scores = _probe(cfg, model_name, probe_root, out / f"probe_{method}")
+        scores = _probe(cfg, model_name, data_root, out / f"probe_{method}")
         results[method] = {**scores, "pretrain_steps": info["steps"], "pretrain_final_loss": round(info["final_loss"], 4),
                            "pretrain_wall_s": info["wall_s"], "zoo_entry": str(zoo_dir)}
         log.info("%s: %s", method, scores)
-    if cfg["probe"].get("random_baseline", True):
-        results["random"] = _probe(cfg, arch, probe_root, out / "probe_random")
-    num_probe = len(cfg["data"]["probe_classes"])
-    chance = 100.0 / num_probe
+    steps = int(results["fima"]["pretrain_steps"])
+    results["random"] = _probe(cfg, arch, data_root, out / "probe_random")
+    results["supervised"] = _supervised(cfg, arch, data_root, out / "supervised", steps, single_frame=False)
+    results["appearance"] = _supervised(cfg, arch, data_root, out / "appearance", steps, single_frame=True)
+    results["mask"], figure = _mask_diagnostic(cfg, arch, data_root, checkpoints)
+    classes = list(cfg["data"]["classes"])
     results["setup"] = {
         "backbone": arch,
-        "pretrain_classes": len(cfg["data"]["pretrain_classes"]),
-        "pretrain_videos": len(cfg["data"]["pretrain_classes"]) * int(cfg["data"]["pretrain_videos_per_class"]),
-        "probe_classes": num_probe,
-        "probe_videos": num_probe * int(cfg["data"]["probe_videos_per_class"]),
-        "chance_top1": round(chance, 2),
+        "classes": len(classes),
+        "train_videos": _train_videos(data_root),
+        "test_videos": int(results["fima"]["test_videos"]),
+        "chance_top1": round(100.0 / len(classes), 2),
         "config": cfg,
     }
     results["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    results["cpu_time_s"] = round(_cpu_seconds() - cpu0, 1)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "results.md", "# Demo: FIMA vs MoCo on held-out motions\n\n" + _table(results, chance) + "\n")
-    _plot(out, results, chance)
+    atomic_write_text(out / "results.md", "# Demo: FIMA vs MoCo on motion classes\n\n" + _table(results) + "\n\n"
+                      f"Run time: {results['wall_time_s']:.0f} s wall, {results['cpu_time_s']:.0f} s CPU.\n")
+    _plot(out, results, data_root, classes, figure)
     log.info("demo finished in %.0f s: %s", results["wall_time_s"], out / "results.md")
     return results
 
 
+# --------------------------------------------------------------------------- several seeds
+def compare_runs(dirs: Sequence[str | Path]) -> str:
+    """Pool the linear-probe results of several demo runs (seeds) into one markdown table.
+
+    Per row: the top-1 pooled over all test videos of all runs and its binomial standard error;
+    then FIMA's lead over each other row with the standard error of the difference
+    (``sqrt(se_a^2 + se_b^2)``) and how many such standard errors it is.
+
+    Raises:
+        FileNotFoundError: a folder holds no ``results.json``.
+    """
+    runs = []
+    for d in dirs:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; run `python -m train demo --out {d}` first")
+        runs.append(json.loads(path.read_text()))
+    pooled: dict[str, tuple[float, float]] = {}
+    for name in ROWS:
+        if not all(name in r for r in runs):
+            continue
+        correct = sum(r[name]["top1"] / 100.0 * r[name]["test_videos"] for r in runs)
+        total = sum(r[name]["test_videos"] for r in runs)
+        top1 = 100.0 * correct / total
+        pooled[name] = (top1, binomial_se(top1, total))
+    seeds = ", ".join(str(r["setup"]["config"]["seed"]) for r in runs)
+    lines = [f"Pooled over {len(runs)} runs (seeds {seeds}):", "",
+             "| backbone | " + " | ".join(f"seed {r['setup']['config']['seed']}" for r in runs)
+             + " | pooled top-1 | FIMA lead (SE) |", "|---|" + "---|" * (len(runs) + 2)]
+    for name, (top1, se) in pooled.items():
+        per_run = " | ".join(f"{r[name]['top1']:.1f}" for r in runs)
+        if name == "fima" or "fima" not in pooled:
+            lead = "-"
+        else:
+            gap = pooled["fima"][0] - top1
+            gap_se = math.hypot(pooled["fima"][1], se)
+            lead = f"{gap:+.1f} ± {gap_se:.1f} ({gap / gap_se:+.1f} SE)" if gap_se > 0 else f"{gap:+.1f}"
+        lines.append(f"| {_ROW_NAMES[name]} | {per_run} | {top1:.1f} ± {se:.1f} | {lead} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m train demo --out DIR [--tiny] [key=value ...]``; returns the exit status."""
+    """``python -m train demo --out DIR [--tiny] [key=value ...]`` or ``--compare DIR ...``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m train demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (reused data and finished runs are kept)")
+    parser.add_argument("--out", help="output folder (reused data and finished runs are kept)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes for tests (the numbers mean nothing)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of DEMO_CONFIG, e.g. pretrain.overrides.train.epochs=10")
+    parser.add_argument("--compare", nargs="+", metavar="DIR", help="pool the results of finished demo runs (seeds)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of DEMO_CONFIG, e.g. seed=1")
     args = parser.parse_args(argv)
     setup_console_logging()
+    if args.compare:
+        try:
+            print(compare_runs(args.compare))
+        except FileNotFoundError as err:
+            parser.error(str(err))
+        return 0
+    if not args.out:
+        parser.error("--out DIR is required (or --compare DIR ... to pool finished runs)")
     try:
         cfg = demo_config(args.overrides, tiny=args.tiny)
     except ConfigError as err:
         parser.error(str(err))
     results = run_demo(args.out, cfg)
     print(Path(args.out, "results.md").read_text())
-    return 0 if all(k in results for k in METHODS) else 1
+    return 0 if all(k in results for k in ROWS) else 1
