@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     'fima_models.cli.models',
     'fima_models.cli.weights',
     'fima_models.cli.extract',
+    'fima_models.cli.check_videos',
 )
 
 
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog='fima-models',
-        description='Video backbones pretrained with FIMA: list, inspect, download, convert, extract features.',
+        description='Video backbones pretrained with FIMA: list, inspect, download, convert, extract features, '
+                    'check videos.',
     )
     parser.add_argument('--version', action='version', version=f'fima-models {__version__}')
     parser.add_argument('-v', '--verbose', action='store_true', help='log debug messages')

@@ -16,6 +16,7 @@ raise with ``strict=True``); missing files are counted and skipped likewise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -122,14 +123,18 @@ def _save(location: Path, entries: dict[str, dict[str, Any]]) -> None:
         raise
 
 
-def probe_entry(path: str) -> dict[str, Any]:
+def probe_entry(path: str, strict: bool = True) -> dict[str, Any]:
     """Probe one file; never raises (module-level so process pools can pickle it).
+
+    Args:
+        path: video file.
+        strict: decode strictly (see :class:`~fima_models.video.VideoReader`).
 
     Returns:
         :func:`~fima_models.video.probe_video`'s fields, or ``{"error": reason}``.
     """
     try:
-        return dict(probe_video(path))
+        return dict(probe_video(path, strict=strict))
     except VideoDecodeError as exc:
         return {"error": exc.reason}
     except FileNotFoundError:
@@ -149,6 +154,7 @@ def probe_many(
     executor: str = "thread",
     progress: bool = True,
     desc: str = "indexing videos",
+    strict: bool = True,
 ) -> list[dict[str, Any]]:
     """:func:`probe_entry` for every path, in a pool, with a tqdm progress bar.
 
@@ -158,6 +164,7 @@ def probe_many(
         executor: ``"thread"`` or ``"process"`` pool.
         progress: show the progress bar.
         desc: its label.
+        strict: decode strictly (see :class:`~fima_models.video.VideoReader`).
 
     Returns:
         One probe result per path, in order.
@@ -165,16 +172,17 @@ def probe_many(
     _check_executor(executor)
     names = [str(p) for p in paths]
     n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    probe = functools.partial(probe_entry, strict=strict)
     results: list[dict[str, Any]] = []
     with tqdm(total=len(names), desc=desc, unit="video", disable=not progress) as bar:
         if n_workers <= 1 or len(names) <= 1:
             for name in names:
-                results.append(probe_entry(name))
+                results.append(probe(name))
                 bar.update()
             return results
         pool: Executor = (ThreadPoolExecutor if executor == "thread" else ProcessPoolExecutor)(n_workers)
         with pool:
-            for result in pool.map(probe_entry, names):
+            for result in pool.map(probe, names):
                 results.append(result)
                 bar.update()
     return results
