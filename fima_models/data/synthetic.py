@@ -183,7 +183,7 @@ def _trajectory(
         centre = size / 2.0 + rng.uniform(-0.05, 0.05, 2) * size
         xy = centre[None, :] + rad * np.stack([np.cos(ang), np.sin(ang)], axis=1)
     elif spec.kind == "zoom":
-        ratio = rng.uniform(2.0, 2.6)
+        ratio = rng.uniform(3.5, 4.5)  # the radius doubles over half a clip: as visible as a translation
         frac = t / max(n - 1, 1)
         s = (ratio ** (frac if spec.direction[0] > 0 else 1.0 - frac) / math.sqrt(ratio)).astype(np.float32)
         xy = np.repeat((size / 2.0 + rng.uniform(-0.1, 0.1, 2) * size)[None, :], n, axis=0)
