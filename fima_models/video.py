@@ -285,12 +285,12 @@ class VideoReader:
             _LOGGER.warning("%s: the file no longer matches its stored index; indexing it again", self.path)
         if scan.distrust:
             _LOGGER.info("%s: %s; indexing the frames by decoding the file once", self.path, scan.distrust)
-            self._rewind()
             return self._decode_pass(scan.distrust)
         return scan.frame_index(self._first_rotation(scan.key_pts[0]))
 
     def _decode_pass(self, reason: str) -> FrameIndex:
-        """Index by decoding the whole file once (no pixel conversion)."""
+        """Index by decoding the whole file once (no pixel conversion), from a freshly opened container."""
+        self._rewind()
         try:
             return decode_index(self._open(), self.path, reason)
         except av.error.FFmpegError as exc:
@@ -437,18 +437,27 @@ class VideoReader:
             return torch.empty((0, self.height, self.width, 3), dtype=torch.uint8)
         if idx.min() < 0 or idx.max() >= self.num_frames:
             raise IndexError(f"frame indices must lie in [0, {self.num_frames}) for '{self.path}'")
-        src = self._resample_map[idx] if self._resample_map is not None else idx
-        unique = np.unique(src)
         try:
-            decoded = self._decode_sources(unique.tolist())
+            src, decoded = self._decode_indices(idx)
         except _IndexMismatch as exc:
             self._switch_to_decoded_index(str(exc))
-            decoded = self._decode_sources(unique.tolist())
+            if idx.max() >= self.num_frames:
+                raise VideoDecodeError(
+                    self.path, f"frame {int(idx.max())} does not exist: the file has {self.num_frames} decodable "
+                    "frames, fewer than its packets promised",
+                    hint="Open the file again (or rebuild the data set index) to get the real frame count.") from None
+            src, decoded = self._decode_indices(idx)
+        unique = np.unique(src)
         out = np.empty((idx.size, self.height, self.width, 3), dtype=np.uint8)
         pos = np.searchsorted(unique, src)
         for k, p in enumerate(pos):
             out[k] = decoded[int(p)]
         return torch.from_numpy(out)
+
+    def _decode_indices(self, idx: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Source frames of served indices ``idx`` and the decoded pictures of their sorted unique set."""
+        src = self._resample_map[idx] if self._resample_map is not None else idx
+        return src, self._decode_sources(np.unique(src).tolist())
 
     def _switch_to_decoded_index(self, why: str) -> None:
         """The timestamps misled: index by decoding, keep serving (logged once per reader)."""
@@ -459,10 +468,6 @@ class VideoReader:
         if self._index.num_frames != old_count:
             _LOGGER.warning("%s: %d decodable frames, not %d as the packets claim", self.path,
                             self._index.num_frames, old_count)
-            if self._index.num_frames < old_count:
-                raise VideoDecodeError(
-                    self.path, f"only {self._index.num_frames} of {old_count} frames are decodable",
-                    hint="Open the file again (or rebuild the data set index) to read the decodable frames.")
 
     def _decode_sources(self, sources: list[int]) -> list[np.ndarray]:
         """Decode sorted unique source frame indices; returns arrays in the same order.

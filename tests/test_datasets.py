@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,9 @@ from fima_models.data import (
     build_index,
     clip_indices,
 )
+import fima_models.video as video_module
 from fima_models.video import VideoDecodeError, VideoReader
-from tests.media import make_frames, write_video
+from tests.media import HARD_CASES, make_frames, write_video
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +192,29 @@ def test_dataset_skips_broken_videos(tiny: dict[str, Path], tmp_path: Path) -> N
     strict = build_dataset("folder", tmp_path, index=False, on_error="raise")
     with pytest.raises(VideoDecodeError, match="4.mp4"):
         strict[3]
+
+
+def test_dataset_reads_misleading_timestamps_exactly_from_the_stored_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "videos" / "cls"
+    folder.mkdir(parents=True)
+    path = HARD_CASES["decode-order-pts.mkv"](folder)
+    (folder / "bframes-source.mp4").unlink()
+    with av.open(str(path)) as container:
+        ref = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    ds = build_dataset("folder", tmp_path / "videos", sampler=UniformClipSampler(num_clips=3, num_frames=4), progress=False)
+    stored = json.loads(ds.index.location.read_text())["entries"]["cls/decode-order-pts.mkv"]
+    assert stored["num_frames"] == len(ref) and stored["frame_index"]["mode"] == "decoded"
+    assert not stored["fast_seek"] and "decode order" in stored["reason"]
+
+    def no_decode_pass(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the reader indexed the file again instead of using the stored probe")
+
+    monkeypatch.setattr(video_module, "decode_index", no_decode_pass)
+    clips, _ = ds[0]
+    starts = UniformClipSampler(num_clips=3, num_frames=4).indices(len(ref))
+    np.testing.assert_array_equal(clips.numpy(), ref[starts])
 
 
 # --------------------------------------------------------------------------- samplers

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import fima_models.video as video_module
-from fima_models.video import VideoDecodeError, VideoReader, probe_video
-from tests.media import CONTAINER_CODECS, codec_available, make_frames, write_video
+from fima_models.video import FrameIndex, VideoDecodeError, VideoReader, probe_video
+from tests.media import CONTAINER_CODECS, HARD_CASES, codec_available, make_frames, write_video
 
 NUM_FRAMES = 60
 GOP = 10
@@ -241,3 +241,105 @@ def test_write_video_streams_iterables_and_validates(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="T, H, W, 3"):
         write_video(tmp_path / "gray.mp4", np.zeros((2, 16, 16), dtype=np.uint8))
     assert not (tmp_path / "none.mp4").exists()
+
+
+def test_directory_named_like_a_video(tmp_path: Path) -> None:
+    folder = tmp_path / "clip.mp4"
+    folder.mkdir()
+    for call in (VideoReader, probe_video):
+        with pytest.raises(VideoDecodeError, match="a directory, not a video file") as info:
+            call(folder)
+        assert "not found" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- rotation
+def _rotated_by_hand(stored: np.ndarray, degrees: int) -> np.ndarray:
+    """``stored`` [T, H, W, 3] turned counter-clockwise, pixel by pixel (independent of np.rot90)."""
+    t, h, w, _ = stored.shape
+    out_h, out_w = (w, h) if degrees in (90, 270) else (h, w)
+    out = np.empty((t, out_h, out_w, 3), dtype=stored.dtype)
+    for i in range(out_h):
+        for j in range(out_w):
+            source = {0: (i, j), 90: (j, w - 1 - i), 180: (h - 1 - i, w - 1 - j), 270: (h - 1 - j, i)}[degrees]
+            out[:, i, j] = stored[:, source[0], source[1]]
+    return out
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_display_rotation_is_applied(tmp_path: Path, degrees: int) -> None:
+    path = write_video(tmp_path / "phone.mp4", make_frames(12, 16, 24, seed=2), codec="libx264", gop=4,
+                       rotation=degrees)
+    stored = full_decode(path)  # PyAV returns the pictures as stored
+    reader = VideoReader(path)
+    assert reader.rotation == degrees and probe_video(path)["rotation"] == degrees
+    upright = _rotated_by_hand(stored, degrees)
+    assert (reader.height, reader.width) == upright.shape[1:3]
+    np.testing.assert_array_equal(reader.get_clip(3, 6).numpy(), upright[3:9])
+    as_stored = VideoReader(path, rotate=False)
+    assert (as_stored.height, as_stored.width) == (16, 24)
+    np.testing.assert_array_equal(as_stored.get_clip(3, 6).numpy(), stored[3:9])
+
+
+# --------------------------------------------------------------------------- misleading timestamps
+@pytest.fixture(scope="module")
+def decode_order_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """H.264 with B-frames whose every packet carries its decode time as pts (as some muxers write)."""
+    folder = tmp_path_factory.mktemp("decode-order")
+    path = HARD_CASES["decode-order-pts.mkv"](folder)
+    return path, full_decode(path)
+
+
+def test_timestamps_that_mislead_at_decode_time_switch_the_index(
+    decode_order_file: tuple[Path, np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    path, ref = decode_order_file
+    with av.open(str(path)) as container:
+        packet_pts = sorted(p.pts for p in container.demux(video=0) if p.size)
+    trusted = FrameIndex("timestamps", tuple(packet_pts), (0,))  # what the packets alone suggest
+    reader = VideoReader(path, frame_index=trusted)
+    with caplog.at_level("WARNING", logger="fima_models.video"):
+        np.testing.assert_array_equal(reader.get_clip(30, 8).numpy(), ref[30:38])
+    assert not reader.fast_seek and "indexing the frames by decoding" in caplog.text
+    assert reader.num_frames == len(ref)
+    np.testing.assert_array_equal(reader.get_clip(70, 5, 3).numpy(), ref[70:83:3])
+
+
+def test_decode_pass_index_still_seeks(decode_order_file: tuple[Path, np.ndarray],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path, ref = decode_order_file
+    reader = VideoReader(path)
+    assert not reader.fast_seek and len(reader.frame_index.seek_points) > 3
+    decoded = 0
+    frames_gen = video_module.decoded_frames
+
+    def counting_frames(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        nonlocal decoded
+        for frame in frames_gen(*args, **kwargs):
+            decoded += 1
+            yield frame
+
+    monkeypatch.setattr(video_module, "decoded_frames", counting_frames)
+    np.testing.assert_array_equal(reader.get_clip(len(ref) - 8, 8).numpy(), ref[-8:])
+    assert decoded <= 8 + 3 * 12, f"decoded {decoded} pictures to fetch 8"
+
+
+def test_stale_decode_pass_index_raises(decode_order_file: tuple[Path, np.ndarray]) -> None:
+    path, ref = decode_order_file
+    good = VideoReader(path).frame_index
+    shifted = FrameIndex("decoded", tuple(p + 1 for p in good.pts), good.seek_points)  # another file's table
+    reader = VideoReader(path, frame_index=shifted)
+    with pytest.raises(VideoDecodeError, match="decodes differently from its index"):
+        reader.get_clip(40, 4)
+
+
+def test_frames_the_packets_promise_but_never_come(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "short.mp4", make_frames(20, 32, 32, seed=6), codec="libx264", gop=5)
+    ref = full_decode(path)
+    good = VideoReader(path).frame_index
+    promised = FrameIndex("timestamps", (*good.pts, int(good.pts[-1]) + 512), good.seek_points)  # one too many
+    reader = VideoReader(path, frame_index=promised)
+    assert reader.num_frames == 21
+    with pytest.raises(VideoDecodeError, match="20 decodable frames"):
+        reader.get_clip(20, 1)
+    assert reader.num_frames == 20
+    np.testing.assert_array_equal(reader.get_clip(15, 5).numpy(), ref[15:20])
