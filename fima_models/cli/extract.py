@@ -460,7 +460,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _SummaryWriter:
-    """Writes ``summary.json`` atomically: at the start, at most every ``interval`` s while videos finish, at the end.
+    """Writes ``summary.json`` atomically: at the start, at most every :data:`SUMMARY_INTERVAL` s while videos finish, at the end.
 
     While the run is going the summary says ``complete: false`` and lists unfinished videos as
     ``pending``, so an interrupted run never leaves a summary that describes another run. Only
@@ -468,10 +468,10 @@ class _SummaryWriter:
     """
 
     def __init__(self, args: argparse.Namespace, config: Dict[str, Any], world_size: int, rank: int,
-                 everything: Dict[int, Dict[str, Any]], interval: float = SUMMARY_INTERVAL) -> None:
+                 everything: Dict[int, Dict[str, Any]]) -> None:
         self.args, self.config, self.world_size, self.rank = args, config, world_size, rank
         self.everything = everything
-        self.interval = interval
+        self.interval = SUMMARY_INTERVAL
         self.last = -math.inf
         self.warned = False
 
@@ -514,19 +514,18 @@ def _run(args: argparse.Namespace, rank: int, world_size: int, local_rank: int) 
     fingerprint = json.loads(json.dumps({'model': args.model, 'weights_sha256': weights_digest(model),
                                          'pretrained': bool(args.pretrained), 'format': args.format,
                                          'optimize': bool(args.optimize), **config}))
-
+    jobs, problems = collect_inputs(args.inputs)
     with _open_out(args.out, rank):
         return _run_in_out(args, rank, world_size, model, device, amp, transform, spatial, temporal, config,
-                           fingerprint)
+                           fingerprint, jobs, problems)
 
 
 def _run_in_out(
         args: argparse.Namespace, rank: int, world_size: int, model: torch.nn.Module, device: torch.device,
         amp: Optional[str], transform: EvalTransform, spatial: str, temporal: str, config: Dict[str, Any],
-        fingerprint: Dict[str, Any],
+        fingerprint: Dict[str, Any], jobs: List[VideoJob], problems: List[Dict[str, Any]],
 ) -> int:
-    """The extraction proper, once every option is checked and ``--out`` is created and locked."""
-    jobs, problems = collect_inputs(args.inputs)
+    """The extraction proper, once every option and input is checked and ``--out`` is created and locked."""
     all_records: Dict[int, Dict[str, Any]] = {}
     if rank == 0:
         for i, problem in enumerate(problems):
