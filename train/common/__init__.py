@@ -3,9 +3,10 @@
 Every recipe (FIMA/MoCo pretraining, downstream fine-tuning, linear probing,
 retrieval) builds on the same small modules:
 
-- :mod:`train.common.config` -- YAML configs with ``_base_`` inheritance and dotted ``key=value`` overrides.
+- :mod:`train.common.config` -- YAML configs with ``_base_`` inheritance and dotted ``key=value`` overrides (OmegaConf).
+- :mod:`train.common.schema` -- the typed schemas (keys, types, ranges, defaults) of every config.
 - :mod:`train.common.distributed` -- torchrun environment, rank information and collectives.
-- :mod:`train.common.checkpoint` -- atomic saves, keep-last-K rotation, latest-checkpoint discovery.
+- :mod:`train.common.checkpoint` -- atomic saves, keep-last-K rotation, newest usable checkpoint discovery.
 - :mod:`train.common.run_log` -- CSV + TensorBoard scalars, tqdm progress with ETA and clips/s, loss plots.
 - :mod:`train.common.optim` -- SGD and per-step learning-rate schedules (cosine with warm-up, step).
 - :mod:`train.common.precision` -- autocast per device, gradient scaler, ``channels_last_3d``.
