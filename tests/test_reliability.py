@@ -6,7 +6,6 @@ reused, and the error names the problem and the fix.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import math
@@ -33,21 +32,11 @@ from fima_models.cli import extract as cli_extract
 from fima_models.cli import main as cli_main
 from fima_models.convert import OutputExistsError, convert_checkpoint
 from tests.media import make_frames, write_video
+from tests.test_cli_extract import run_cli, summary_of
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = 'test_r3d'
 EXTRACT = ['--model', ARCH, '--no-pretrained', '--clip-len', '8', '--stride', '8', '--no-progress', '--workers', '0']
-
-
-def run_extract(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog='fima-models')
-    cli_extract.register(parser.add_subparsers(dest='command'))
-    args = parser.parse_args(['extract', *argv])
-    return args.func(args)
-
-
-def summary_of(out: Path) -> dict:
-    return json.loads((out / cli_extract.SUMMARY_NAME).read_text())
 
 
 def statuses(out: Path) -> dict:
@@ -193,7 +182,7 @@ def test_a_second_writer_is_told_who_holds_the_folder_and_a_killed_holder_frees_
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         with pytest.raises(RuntimeError, match=rf'in use by another run \(pid {holder.pid} on host '):
-            run_extract([str(tmp_path / 'nothing.mp4'), '--out', str(tmp_path / 'out'), *EXTRACT])
+            run_cli([str(tmp_path / 'nothing.mp4'), '--out', str(tmp_path / 'out'), *EXTRACT])
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.join()
@@ -223,28 +212,28 @@ def test_new_weights_under_the_same_name_are_extracted_again(tmp_path: Path, vid
     out = tmp_path / 'feats'
     argv = [str(videos), '--out', str(out), '--model', str(model), '--clip-len', '8', '--stride', '8',
             '--no-progress', '--workers', '0']
-    assert run_extract(argv) == 0
+    assert run_cli(argv) == 0
     first = np.load(out / 'a.npy')
-    assert run_extract(argv) == 0 and set(statuses(out).values()) == {'skipped'}
+    assert run_cli(argv) == 0 and set(statuses(out).values()) == {'skipped'}
     _model_folder(tmp_path, 2, overwrite=True)
-    assert run_extract(argv) == 0 and set(statuses(out).values()) == {'ok'}
+    assert run_cli(argv) == 0 and set(statuses(out).values()) == {'ok'}
     assert not np.allclose(np.load(out / 'a.npy'), first)
 
 
 def test_a_replaced_video_is_extracted_again(tmp_path: Path, videos: Path) -> None:
     out = tmp_path / 'feats'
     argv = [str(videos), '--out', str(out), *EXTRACT]
-    assert run_extract(argv) == 0
+    assert run_cli(argv) == 0
     first = np.load(out / 'a.npy')
     write_video(videos / 'a.mp4', make_frames(16, 32, 32, seed=7), fps=10)
-    assert run_extract(argv) == 0
+    assert run_cli(argv) == 0
     assert statuses(out) == {'a.mp4': 'ok', 'b.mp4': 'skipped'}
     assert not np.allclose(np.load(out / 'a.npy'), first)
 
 
 def test_an_interrupted_run_leaves_a_summary_of_itself(tmp_path: Path, videos: Path, monkeypatch) -> None:
     out = tmp_path / 'feats'
-    assert run_extract([str(videos), '--out', str(out), *EXTRACT]) == 0
+    assert run_cli([str(videos), '--out', str(out), *EXTRACT]) == 0
     monkeypatch.setattr(cli_extract, 'SUMMARY_INTERVAL', 0.0)
     real_save = cli_extract.save_features
     saved = []
@@ -257,7 +246,7 @@ def test_an_interrupted_run_leaves_a_summary_of_itself(tmp_path: Path, videos: P
 
     monkeypatch.setattr(cli_extract, 'save_features', save_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        run_extract([str(videos), '--out', str(out), *EXTRACT, '--step', '2'])
+        run_cli([str(videos), '--out', str(out), *EXTRACT, '--step', '2'])
     summary = summary_of(out)
     assert summary['complete'] is False and summary['config']['step'] == 2
     assert statuses(out) == {'a.mp4': 'ok', 'b.mp4': 'pending'}
@@ -266,7 +255,7 @@ def test_an_interrupted_run_leaves_a_summary_of_itself(tmp_path: Path, videos: P
 def test_non_finite_features_are_never_saved_as_ok(tmp_path: Path, videos: Path, monkeypatch) -> None:
     monkeypatch.setattr(F.FeatureRunner, '__call__', lambda self, clips: torch.full((len(clips), 4, 1, 1, 1), math.nan))
     out = tmp_path / 'feats'
-    assert run_extract([str(videos / 'a.mp4'), '--out', str(out), *EXTRACT]) == 1
+    assert run_cli([str(videos / 'a.mp4'), '--out', str(out), *EXTRACT]) == 1
     entry = summary_of(out)['videos'][0]
     assert entry['status'] == 'failed' and 'NaN or infinite' in entry['reason']
     assert not list(out.glob('*.npy'))
@@ -279,7 +268,7 @@ def test_a_full_disk_fails_the_videos_in_one_line_and_keeps_the_summary(tmp_path
 
     monkeypatch.setattr(F, 'atomic_write_bytes', full)
     out = tmp_path / 'feats'
-    assert run_extract([str(videos), '--out', str(out), *EXTRACT]) == 1
+    assert run_cli([str(videos), '--out', str(out), *EXTRACT]) == 1
     reasons = [v['reason'] for v in summary_of(out)['videos']]
     assert len(reasons) == 2 and all('the disk is full' in r and '\n' not in r for r in reasons)
     assert not [p for p in out.rglob('*') if p.name not in (cli_extract.SUMMARY_NAME, '.extract.lock')]
@@ -293,14 +282,14 @@ def test_a_bad_list_file_is_named(tmp_path: Path, content: bytes, message: str) 
     listing = tmp_path / 'videos.txt'
     listing.write_bytes(content)
     with pytest.raises(ValueError, match=f"'{listing}' {message}"):
-        run_extract([str(listing), '--out', str(tmp_path / 'feats'), *EXTRACT])
+        run_cli([str(listing), '--out', str(tmp_path / 'feats'), *EXTRACT])
     assert not (tmp_path / 'feats').exists()
 
 
 def test_a_directory_named_like_a_video_is_reported_as_a_directory(tmp_path: Path) -> None:
     (tmp_path / 'clip.mp4').mkdir()
     out = tmp_path / 'feats'
-    assert run_extract([str(tmp_path / 'clip.mp4'), '--out', str(out), *EXTRACT]) == 1
+    assert run_cli([str(tmp_path / 'clip.mp4'), '--out', str(out), *EXTRACT]) == 1
     assert 'is a directory, not a video file' in summary_of(out)['videos'][0]['reason']
 
 
@@ -311,7 +300,7 @@ def test_a_directory_named_like_a_video_is_reported_as_a_directory(tmp_path: Pat
 ])
 def test_invalid_settings_stop_before_any_work(tmp_path: Path, videos: Path, flags: List[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        run_extract([str(videos), '--out', str(tmp_path / 'feats'), *EXTRACT, *flags])
+        run_cli([str(videos), '--out', str(tmp_path / 'feats'), *EXTRACT, *flags])
     assert not (tmp_path / 'feats').exists()
 
 
@@ -332,7 +321,7 @@ def test_unreadable_inputs_fail_one_by_one_with_the_reason(tmp_path: Path, video
     (videos / 'cut.mp4').write_bytes((videos / 'b.mp4').read_bytes()[:300])
     _audio_only(videos / 'sound.mp4')
     out = tmp_path / 'feats'
-    assert run_extract([str(videos), '--out', str(out), *EXTRACT]) == 1
+    assert run_cli([str(videos), '--out', str(out), *EXTRACT]) == 1
     found = {Path(v['input']).name: v for v in summary_of(out)['videos']}
     assert found['a.mp4']['status'] == found['b.mp4']['status'] == 'ok'
     for name in ('empty.mp4', 'text.mp4', 'cut.mp4', 'sound.mp4'):

@@ -238,12 +238,11 @@ class DownstreamData:
 
 
 @dataclass
-class FinetuneSection:
-    """``finetune``: all layers trained, then the multi-clip test."""
+class TrainingSection:
+    """Keys every training recipe has (``finetune``, ``linear``)."""
 
     epochs: int = rule(ge=1)
     batch_size: int = rule(ge=1)
-    dropout: float = rule(ge=0, lt=1)
     save_every: int = rule(ge=1)
     keep_last: int = rule(ge=1)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -251,18 +250,19 @@ class FinetuneSection:
 
 
 @dataclass
-class LinearSection:
+class FinetuneSection(TrainingSection):
+    """``finetune``: all layers trained, then the multi-clip test."""
+
+    dropout: float = rule(ge=0, lt=1)
+
+
+@dataclass
+class LinearSection(TrainingSection):
     """``linear``: a linear layer on the frozen backbone."""
 
     augment: bool = MISSING
     train_clips: int = rule(ge=1)
     feature_norm: str = rule(choices=("batchnorm", "none"))
-    epochs: int = rule(ge=1)
-    batch_size: int = rule(ge=1)
-    save_every: int = rule(ge=1)
-    keep_last: int = rule(ge=1)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 @dataclass
