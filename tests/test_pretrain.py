@@ -180,7 +180,9 @@ def _random_batch(n: int, t: int, s: int) -> dict[str, torch.Tensor]:
 def test_any_temporal_length_maps_to_two_segments(t_stride: int, t_out: int) -> None:
     enc = _ToyEncoder(t_stride)
     assert enc.forward_features(torch.randn(2, 3, 8, 16, 16)).shape[2] == t_out
-    model = FimaPretrainer(enc, "fima", TINY_HEADS)
+    # the segment embedding (an option, off by default) is what tells the two segments apart at T' = 1
+    heads = {**TINY_HEADS, "decoder": {**TINY_HEADS["decoder"], "segment_embedding": True}}
+    model = FimaPretrainer(enc, "fima", heads)
     out = model(_random_batch(3, 8, 16))
     assert all(torch.isfinite(v) for v in out.values())
     assert out["dense_valid_frac"] > 0 and out["fg_frac"] == 0.5
