@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -38,6 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from fima_models._atomic import atomic_write
 from fima_models.checkpoint import (
     CheckpointError, ExtractedCheckpoint, extract_backbone, load_backbone_state_dict, require_finite, summarize_keys,
 )
@@ -256,35 +256,32 @@ def _fetch_url(url: str, name: str, allow_network: bool = True) -> Path:
     if urllib.parse.urlsplit(url).scheme in ('http', 'https') and is_offline():
         raise _unavailable(name, f'{where} and HF_HUB_OFFLINE is set')
     timeout = _connect_timeout()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.partial')
-    try:
-        with os.fdopen(fd, 'wb') as out:
-            try:
-                resp = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = f'{where} and the server is unreachable within {timeout:g} s ({_short(e)})'
-                raise _unavailable(name, reason) from e
-            digest = hashlib.sha256()
-            with resp:
-                # the timeout also bounds every read of the body: a stalled transfer fails, it does not hang
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
+    expected = torch.hub.HASH_REGEX.search(target.name)
+
+    def download(out: Any) -> None:
+        try:
+            resp = urllib.request.urlopen(url, timeout=timeout)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = f'{where} and the server is unreachable within {timeout:g} s ({_short(e)})'
+            raise _unavailable(name, reason) from e
+        digest = hashlib.sha256()
+        with resp:
+            # the timeout also bounds every read of the body: a stalled transfer fails, it does not hang
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
         # torch hub convention: 'name-<sha256 prefix>.ext' files must match their hash prefix
-        expected = torch.hub.HASH_REGEX.search(target.name)
         if expected and not digest.hexdigest().startswith(expected.group(1)):
             raise _unavailable(name, f'the download of {url} is corrupt (SHA-256 {digest.hexdigest()[:16]}..., '
                                      f'expected prefix {expected.group(1)}); try again')
-        os.replace(tmp, target)
+
+    try:  # through a temporary file: an interrupted or corrupt download never lands in the cache
+        atomic_write(target, download)
     except (urllib.error.URLError, OSError) as e:
         raise _unavailable(name, f'downloading {url} failed ({_short(e)})') from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     _logger.info('Downloaded %s to %s', url, target)
     return target
 
