@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from fima_models._atomic import describe_os_error
 from train.common.checkpoint import atomic_write_text
 from train.downstream.results import load_results, results_table
 
@@ -123,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the markdown table here as well as printing it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.out is not None and Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder; pass a file name such as {Path(args.out) / 'results.md'}")
     try:
         text = summarize(args.runs, args.out)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
+    except OSError as err:  # read-only or full disk
+        parser.error(describe_os_error(err, args.out))
     print(text)
     return 0
