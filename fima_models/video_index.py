@@ -40,7 +40,7 @@ import av
 import av.error
 
 __all__ = ["FrameIndex", "PacketScan", "scan_packets", "decode_index", "decoded_frames", "probe_index",
-           "describe_error"]
+           "display_rotation", "measured_fps", "describe_error", "TIMESTAMPS", "DECODED"]
 
 _LOGGER = logging.getLogger(__name__)
 

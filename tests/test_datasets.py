@@ -203,7 +203,8 @@ def test_dataset_reads_misleading_timestamps_exactly_from_the_stored_probe(
     (folder / "bframes-source.mp4").unlink()
     with av.open(str(path)) as container:
         ref = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-    ds = build_dataset("folder", tmp_path / "videos", sampler=UniformClipSampler(num_clips=3, num_frames=4), progress=False)
+    sampler = UniformClipSampler(num_clips=3, num_frames=4)
+    ds = build_dataset("folder", tmp_path / "videos", sampler=sampler, progress=False)
     stored = json.loads(ds.index.location.read_text())["entries"]["cls/decode-order-pts.mkv"]
     assert stored["num_frames"] == len(ref) and stored["frame_index"]["mode"] == "decoded"
     assert not stored["fast_seek"] and "decode order" in stored["reason"]
@@ -213,8 +214,7 @@ def test_dataset_reads_misleading_timestamps_exactly_from_the_stored_probe(
 
     monkeypatch.setattr(video_module, "decode_index", no_decode_pass)
     clips, _ = ds[0]
-    starts = UniformClipSampler(num_clips=3, num_frames=4).indices(len(ref))
-    np.testing.assert_array_equal(clips.numpy(), ref[starts])
+    np.testing.assert_array_equal(clips.numpy(), ref[sampler.indices(len(ref))])
 
 
 # --------------------------------------------------------------------------- samplers

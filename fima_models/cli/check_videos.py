@@ -14,7 +14,6 @@ with the reason). Exit status 1 when any file is bad.
 """
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -24,8 +23,6 @@ from fima_models.data.datasets import VIDEO_EXTENSIONS
 from fima_models.data.index import probe_many
 
 __all__ = ['register', 'run_check_videos', 'collect_videos', 'format_table']
-
-_LOGGER = logging.getLogger(__name__)
 
 _COLUMNS = ('file', 'status', 'frames', 'claimed', 'fps', 'seconds', 'size', 'codec', 'rotation', 'fast seek',
             'reason')
