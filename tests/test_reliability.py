@@ -377,6 +377,8 @@ def _pretrain_yaml(tmp_path: Path, root: Path) -> Path:
     ('fima.queue_size=big', "fima.queue_size='big' must be an integer"),
     ('method=byol', 'method must be one of fima, moco'),
     ('device=gpu', "device='gpu' is not valid (accepted: auto, cpu, cuda or cuda:K)"),
+    ('model.arch=r2plus1d', "model.arch='r2plus1d': Unknown model 'r2plus1d'. Did you mean: r2plus1d_18"),
+    ('+model.kwargs.drop_rate=-1', 'drop_rate must be in [0.0, 1.0), got -1'),
 ])
 def test_pretrain_config_errors_name_the_key_and_write_nothing(tmp_path: Path, motion_root: Path, override: str,
                                                                 message: str, caplog) -> None:

@@ -27,7 +27,8 @@ from train.common.config import ConfigError
 
 __all__ = [
     "rule", "OptimConfig", "ScheduleConfig", "PretrainConfig", "DownstreamConfig", "check_pretrain",
-    "check_downstream", "check_fima_section", "fima_defaults", "DEVICE_PATTERN", "DOWNSTREAM_DATASETS",
+    "check_downstream", "check_fima_section", "check_model", "fima_defaults", "DEVICE_PATTERN",
+    "DOWNSTREAM_DATASETS",
 ]
 
 #: ``device`` values: auto, cpu, cuda or cuda:K.
@@ -175,6 +176,7 @@ def check_pretrain(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"train.batch_size {batch} is not divisible by train.accum_steps {accum}; pick a "
                           "batch size that is a multiple of it")
     check_fima_section(cfg["fima"], fima_defaults(), "fima")
+    check_model("model.arch", cfg["model"]["arch"], {"num_classes": 0, **cfg["model"]["kwargs"]})
 
 
 def _kind(value: Any) -> str:
@@ -221,6 +223,27 @@ def check_fima_section(values: Any, defaults: Mapping[str, Any], where: str) -> 
             raise ConfigError(f"{name}={value!r} must be {_kind(default)} (default {default!r})")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value}")
+
+
+def check_model(key: str, name: str, kwargs: Mapping[str, Any]) -> None:
+    """Check that ``create_model(name, **kwargs)`` would build, without allocating anything (meta device).
+
+    ``local-dir:`` / ``hf-hub:`` sources are checked when the weights are loaded.
+
+    Raises:
+        ConfigError: an unknown model name (with close matches) or refused constructor arguments.
+    """
+    if name.startswith(("local-dir:", "hf-hub:")):
+        return
+    import torch
+
+    import fima_models
+
+    try:
+        with torch.device("meta"):
+            fima_models.create_model(name, **dict(kwargs))
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"{key}={name!r}: {err}") from None
 
 
 # --------------------------------------------------------------------------- downstream
@@ -324,4 +347,5 @@ def check_downstream(cfg: Mapping[str, Any]) -> None:
     for key, flag in (("root", "--root PATH"), ("model", "--model NAME"), ("out", "--out DIR")):
         if not cfg.get(key):
             raise ConfigError(f"{cfg['command']} needs {flag} (or '{key}:' in the config)")
+    check_model("model", cfg["model"], {})
 

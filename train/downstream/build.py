@@ -102,6 +102,8 @@ def start_run(cfg: dict[str, Any]) -> RunContext:
     checkpoint = cfg.get("init_checkpoint")
     if checkpoint and not Path(checkpoint).expanduser().is_file():
         raise ConfigError(f"--checkpoint {checkpoint} is not a file; pass a checkpoint file")
+    if not Path(cfg["root"]).expanduser().exists():
+        raise ConfigError(f"--root {cfg['root']} does not exist; pass the folder that holds the data set")
     dist = init_distributed(str(cfg.get("device", "auto")))
     setup_console_logging(rank=dist.rank)
     seed_everything(int(cfg.get("seed", 0)) + dist.rank)
