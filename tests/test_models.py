@@ -4,6 +4,7 @@ Generic behaviour runs on the tiny ``test_*`` variants (one per family); full-si
 built on the meta device (parameter counts, output shapes) so the file stays fast on 2 CPU cores.
 """
 import copy
+import itertools
 import math
 import sys
 import types
@@ -20,7 +21,7 @@ from fima_models.models import adapt_input_conv3d, build_video_model, check_vide
 from fima_models.models import i3d as i3d_mod
 from fima_models.models import resnet3d as resnet3d_mod
 from fima_models.models import s3d as s3d_mod
-from fima_models.models.i3d import MaxPool3dSame, Unit3d, same_pad_arg, same_padding
+from fima_models.models.i3d import MaxPool3dSame, Unit3d, same_pad_arg, same_padding, static_padding
 
 TEST_MODELS = ['test_r3d', 'test_r2plus1d', 'test_s3d', 'test_i3d']
 FULL_MODELS = ['r3d_18', 'mc3_18', 'r2plus1d_18', 's3d', 'i3d']
@@ -72,14 +73,17 @@ def test_tv_cfg_records_the_param_count(name):
     assert _n_params(_meta_model(f'{name}.tv_k400')) == cfg.num_params
 
 
-@pytest.mark.parametrize('shape, out', [
-    ((1, 3, 16, 224, 224), (1, 1024, 2, 7, 7)),
-    ((1, 3, 8, 112, 112), (1, 1024, 1, 4, 4)),
-    ((2, 3, 32, 256, 256), (2, 1024, 4, 8, 8)),
-    ((1, 3, 15, 113, 97), (1, 1024, 2, 4, 4)),  # odd sizes: every layer gives ceil(n / stride)
+@pytest.mark.parametrize('shape, out, padding', [
+    ((1, 3, 16, 224, 224), (1, 1024, 2, 7, 7), 'static'),
+    ((1, 3, 8, 112, 112), (1, 1024, 1, 4, 4), 'static'),
+    ((2, 3, 32, 256, 256), (2, 1024, 4, 8, 8), 'static'),
+    # odd sizes, static rule by hand: W 97 -> (97 + 5 - 7) // 2 + 1 = 48 -> ceil-mode pools on 48 + 1,
+    # 24 + 1, 12 + 1 padded cells: 24, 12, 6 -> unpadded 2x2x2 pool: 3 (T 15 -> 7 -> 7 -> 4 -> 2, H -> 4)
+    ((1, 3, 15, 113, 97), (1, 1024, 2, 4, 3), 'static'),
+    ((1, 3, 15, 113, 97), (1, 1024, 2, 4, 4), 'tf_same'),  # TensorFlow: every layer gives ceil(n / stride)
 ])
-def test_i3d_feature_map_shape(shape, out):
-    model = _meta_model('i3d', num_classes=0)
+def test_i3d_feature_map_shape(shape, out, padding):
+    model = _meta_model('i3d', num_classes=0, padding=padding)
     assert model.forward_features(torch.empty(shape, device='meta')).shape == out
 
 
@@ -398,6 +402,23 @@ def test_same_padding_hand_values():
     assert same_pad_arg((16, 224, 112), (1, 3, 3), (1, 2, 2)) == [0, 1, 0, 1, 0, 0]
 
 
+def test_static_padding_hand_values():
+    # DESIGN.md, the FIMA authors' rule: total max(k - s, 0), smaller half before, at every size
+    assert static_padding(7, 2) == (2, 3)
+    assert static_padding(3, 2) == (0, 1)
+    assert static_padding(2, 2) == (0, 0)
+    assert static_padding(3, 1) == (1, 1)
+    assert static_padding(1, 1) == (0, 0)
+    # odd sizes: the static rule ignores the size, TensorFlow's does not (pad arg is W, H, T pairs)
+    assert same_pad_arg((5, 7, 9), (3, 3, 3), (2, 2, 2)) == [0, 1, 0, 1, 0, 1]
+    assert same_pad_arg((5, 7, 9), (3, 3, 3), (2, 2, 2), 'static') == [0, 1, 0, 1, 0, 1]
+    assert same_pad_arg((5, 7, 9), (3, 3, 3), (2, 2, 2), 'tf_same') == [1, 1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match='tf_same'):
+        same_pad_arg((5, 7, 9), (3, 3, 3), (2, 2, 2), 'valid')
+    with pytest.raises(ValueError, match='static'):
+        timm.create_model('test_i3d', padding='same')
+
+
 @pytest.mark.parametrize('kernel, stride', [(7, 2), (3, 2), (2, 2), (3, 1), (1, 1)])
 def test_same_padding_equals_design_formula_on_divisible_sizes(kernel, stride):
     """DESIGN.md: total max(k - s, 0), smaller half before - identical whenever size % stride == 0."""
@@ -408,34 +429,127 @@ def test_same_padding_equals_design_formula_on_divisible_sizes(kernel, stride):
         assert (size + b + a - kernel) // stride + 1 == math.ceil(size / stride)
 
 
+def _strided_conv_reference(unit, x, befores, out_sizes):
+    """A stride-2 7x7x7 conv as a stride-1 "same" conv (pad 3 before) sampled at the window starts."""
+    dense = F.conv3d(x, unit.conv3d.weight, padding='same')
+    idx = [torch.arange(m) * 2 - p + 3 for m, p in zip(out_sizes, befores)]
+    ref = dense[:, :, idx[0]][:, :, :, idx[1]][:, :, :, :, idx[2]]
+    return unit.relu(unit.batch3d(ref))
+
+
 @pytest.mark.parametrize('size', [6, 7, 8, 9, 13, 16])
 def test_same_strided_conv_matches_tensorflow_reference(size):
     """TF "SAME" with stride s equals a stride-1 "same" conv sampled at the window starts TF uses."""
+    torch.manual_seed(0)
+    unit = Unit3d(2, 3, kernel_size=7, stride=2, padding='tf_same').eval()
+    x = torch.randn(1, 2, size, size + 1, size + 2)
+    with torch.no_grad():
+        out = unit(x)
+        out_sizes = [math.ceil(n / 2) for n in x.shape[2:]]
+        ref = _strided_conv_reference(unit, x, [same_padding(n, 7, 2)[0] for n in x.shape[2:]], out_sizes)
+    assert out.shape[2:] == tuple(out_sizes)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [6, 7, 8, 9, 13, 16])
+def test_static_strided_conv_matches_reference(size):
+    """The authors' rule: pad 2 before and 3 after whatever the size, so (n + 5 - 7) // 2 + 1 outputs."""
     torch.manual_seed(0)
     unit = Unit3d(2, 3, kernel_size=7, stride=2).eval()
     x = torch.randn(1, 2, size, size + 1, size + 2)
     with torch.no_grad():
         out = unit(x)
-        dense = F.conv3d(x, unit.conv3d.weight, padding='same')  # stride 1, pad (k-1)//2 before
-        pads = [same_padding(n, 7, 2)[0] for n in x.shape[2:]]
-        idx = [torch.arange(math.ceil(n / 2)) * 2 - p + 3 for n, p in zip(x.shape[2:], pads)]
-        ref = dense[:, :, idx[0]][:, :, :, idx[1]][:, :, :, :, idx[2]]
-        ref = unit.relu(unit.batch3d(ref))
-    assert out.shape[2:] == tuple(math.ceil(n / 2) for n in x.shape[2:])
+        out_sizes = [(n - 2) // 2 + 1 for n in x.shape[2:]]
+        ref = _strided_conv_reference(unit, x, [2, 2, 2], out_sizes)
+    assert out.shape[2:] == tuple(out_sizes)
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+def _brute_force_pool(x, kernel, stride, befores, afters):
+    """Zero padding then ceil-mode windows, written out: a window starts at j * s - before, the last one
+    must start inside the padded input, windows are cut at its end."""
+    n = x.shape[2:]
+    padded = [m + b + a for m, b, a in zip(n, befores, afters)]
+    counts = []
+    for size, k, s in zip(padded, kernel, stride):
+        c = -(-(size - k) // s) + 1
+        counts.append(c - 1 if (c - 1) * s >= size else c)
+    xp = F.pad(x, [p for b, a in zip(reversed(befores), reversed(afters)) for p in (b, a)])
+    out = torch.empty(*x.shape[:2], *counts)
+    for i, j, l in itertools.product(*(range(c) for c in counts)):
+        t0, h0, w0 = i * stride[0], j * stride[1], l * stride[2]
+        out[:, :, i, j, l] = xp[:, :, t0:t0 + kernel[0], h0:h0 + kernel[1], w0:w0 + kernel[2]].amax(dim=(2, 3, 4))
+    return out
+
+
+@pytest.mark.parametrize('mode', ['static', 'tf_same'])
 @pytest.mark.parametrize('kernel, stride', [((1, 3, 3), (1, 2, 2)), (3, 2), (2, 2), (3, 1)])
-def test_pool_fast_path_equals_zero_padding(kernel, stride):
+def test_pool_fast_path_equals_zero_padding(kernel, stride, mode):
     torch.manual_seed(0)
-    fast, plain = MaxPool3dSame(kernel, stride, nonnegative_input=True), MaxPool3dSame(kernel, stride)
-    for n in range(1, 12):
+    fast = MaxPool3dSame(kernel, stride, nonnegative_input=True, padding=mode)
+    plain = MaxPool3dSame(kernel, stride, padding=mode)
+    for n in range(1, 9):
         x = torch.rand(1, 2, n, n + 1, n + 2)
         a, b = fast(x), plain(x)
-        k = fast.kernel_size
-        pad = same_pad_arg(x.shape[2:], k, fast.stride)
-        ref = F.max_pool3d(F.pad(x, pad), k, fast.stride)  # explicit zeros, floor mode
+        k, s = fast.kernel_size, fast.stride
+        if mode == 'static':
+            pads = [static_padding(kk, ss) for kk, ss in zip(k, s)]
+        else:
+            pads = [same_padding(m, kk, ss) for m, kk, ss in zip(x.shape[2:], k, s)]
+        ref = _brute_force_pool(x, k, s, [p[0] for p in pads], [p[1] for p in pads])
         assert torch.equal(a, b) and torch.equal(b, ref), n
+
+
+def _i3d_static_reference(model, x):
+    """The tiny I3D's forward written with explicit zero pads of the authors' static rule (eval mode)."""
+    def unit(u, v):
+        k, s = u.conv3d.kernel_size, u.conv3d.stride
+        pad = [p for kk, ss in zip(reversed(k), reversed(s)) for p in static_padding(kk, ss)]
+        v = F.conv3d(F.pad(v, pad), u.conv3d.weight, stride=s)
+        return F.relu(F.batch_norm(v, u.batch3d.running_mean, u.batch3d.running_var, u.batch3d.weight,
+                                   u.batch3d.bias, False, 0.0, u.batch3d.eps))
+
+    def pool(p, v):
+        pads = [static_padding(kk, ss) for kk, ss in zip(p.kernel_size, p.stride)]
+        return F.max_pool3d(F.pad(v, [q for b, a in reversed(pads) for q in (b, a)]), p.kernel_size, p.stride,
+                            ceil_mode=True)
+
+    def mixed(m, v):
+        return torch.cat([unit(m.branch_0, v), unit(m.branch_1[1], unit(m.branch_1[0], v)),
+                          unit(m.branch_2[1], unit(m.branch_2[0], v)), unit(m.branch_3[1], pool(m.branch_3[0], v))], 1)
+
+    for name, module in model.named_children():
+        if isinstance(module, Unit3d):
+            x = unit(module, x)
+        elif isinstance(module, MaxPool3dSame):
+            x = pool(module, x)
+        elif isinstance(module, i3d_mod.MixedBlock):
+            x = mixed(module, x)
+    return x
+
+
+def test_i3d_static_padding_at_odd_size_matches_reference():
+    """12x150x190: every strided layer sees sizes not divisible by its stride. The default (the authors'
+    static rule) equals the explicit reference; TensorFlow's rule gives other features. Running the
+    authors' backbone/i3d.py on the full i3d with the same seeded weights gave a max abs difference of
+    0.0 at 12x150x190 and 16x224x224 (static) and 2.5e-5 at 12x150x190 (tf_same)."""
+    torch.manual_seed(0)
+    model = timm.create_model('test_i3d', num_classes=0).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            torch.nn.init.uniform_(m.running_mean, -0.1, 0.1)
+            torch.nn.init.uniform_(m.running_var, 0.5, 1.5)
+    tf_model = timm.create_model('test_i3d', num_classes=0, padding='tf_same').eval()
+    tf_model.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 12, 150, 190)
+    with torch.no_grad():
+        out, ref, tf_out = model.forward_features(x), _i3d_static_reference(model, x), tf_model.forward_features(x)
+    assert model.padding == 'static' and out.shape == ref.shape == (1, model.num_features, 2, 5, 6)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
+    assert tf_out.shape != out.shape or not torch.allclose(tf_out, out, atol=1e-3)
+    x = torch.randn(1, 3, 16, 64, 64)  # sizes divisible by every stride: both rules agree
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(x), tf_model.forward_features(x), atol=1e-6)
 
 
 def test_i3d_padding_is_one_pad_per_strided_conv():
