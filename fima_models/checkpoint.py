@@ -106,14 +106,15 @@ def read_checkpoint(path: PathLike) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(str(path), map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        if 'weights only load failed' in str(e).lower() or 'weights_only' in str(e):
+        # a pickle that names a class or function to call (GLOBAL) is unsafe; other refusals are garbage
+        if 'GLOBAL' in str(e).upper().replace('GLOBALS', ''):
             raise UnsafeCheckpointError(
                 f'Refused to load {path}: the pickle references code or classes that safe '
                 f'(weights_only) loading does not allow, and nothing from it was executed. Detail: '
-                f'{_first_line(e)}. If you trust the file, re-save only its tensors in a trusted '
+                f'{_unpickling_detail(e)}. If you trust the file, re-save only its tensors in a trusted '
                 f"environment, e.g. torch.save(torch.load(path, weights_only=False)['state_dict'], out), "
                 f'then convert that.') from e
-        raise CheckpointError(f'{path} is not a PyTorch checkpoint ({_first_line(e)}).') from e
+        raise CheckpointError(f'{path} is not a PyTorch checkpoint ({_unpickling_detail(e)}).') from e
     except Exception as e:  # any other failure to parse untrusted bytes means: not a checkpoint
         raise CheckpointError(
             f'{path} is not a readable PyTorch or safetensors checkpoint ({_first_line(e)}).') from e
@@ -129,6 +130,12 @@ def _is_safetensors(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 9 and head[8:9] == b'{' and int.from_bytes(head[:8], 'little') < 100_000_000
+
+
+def _unpickling_detail(err: BaseException) -> str:
+    """The line of a weights-only refusal that says what was refused (torch puts advice around it)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    return next((line for line in lines if 'GLOBAL' in line or 'Unsupported' in line), _first_line(err))
 
 
 def _first_line(err: BaseException) -> str:

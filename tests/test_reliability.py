@@ -343,6 +343,13 @@ def test_malicious_pickles_never_run(tmp_path: Path, monkeypatch) -> None:
     assert not (tmp_path / 'pwned').exists()
 
 
+def test_random_bytes_are_not_called_unsafe(tmp_path: Path) -> None:
+    (tmp_path / 'noise.pt').write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(CheckpointError, match=r"noise.pt is not a PyTorch checkpoint \(Unsupported operand") as info:
+        read_checkpoint(tmp_path / 'noise.pt')
+    assert not isinstance(info.value, UnsafeCheckpointError)
+
+
 # ----------------------------------------------------------------------------- train configuration
 @pytest.fixture(scope='module')
 def motion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
