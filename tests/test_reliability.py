@@ -7,7 +7,6 @@ reused, and the error names the problem and the fix.
 from __future__ import annotations
 
 import errno
-import json
 import math
 import multiprocessing
 import os
