@@ -86,7 +86,8 @@ def resolve_config(
     layers.append({k: v for k, v in (flags or {}).items() if v is not None})
     layers.append({"command": command})
     cfg = resolve(DownstreamConfig, layers, overrides, check_downstream)
-    cfg["command"] = command
+    if cfg["command"] != command:
+        raise ConfigError(f"command={cfg['command']} contradicts `python -m train {command}`; the sub-command sets it")
     return cfg
 
 
