@@ -188,6 +188,8 @@ def _kind(value: Any) -> str:
         return "a number"
     if isinstance(value, Mapping):
         return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
     if isinstance(value, str):
         return "a string"
     return type(value).__name__
@@ -219,7 +221,8 @@ def check_fima_section(values: Any, defaults: Mapping[str, Any], where: str) -> 
             check_fima_section(value, default, name)
             continue
         numeric = isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
-        if type(value) is not type(default) and not numeric:
+        sequence = isinstance(default, (list, tuple)) and isinstance(value, (list, tuple))  # YAML has lists only
+        if type(value) is not type(default) and not (numeric or sequence):
             raise ConfigError(f"{name}={value!r} must be {_kind(default)} (default {default!r})")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value}")
