@@ -21,7 +21,7 @@ import torch
 
 from fima_models.data import build_dataset
 from fima_models.data.samplers import ClipSampler
-from fima_models.video import VideoReader, probe_video
+from fima_models.video import VideoDecodeError, VideoReader, probe_video
 from tests.media import HARD_CASES, REAL_VIDEOS
 
 REAL = {video.name: video for video in REAL_VIDEOS}
@@ -164,3 +164,15 @@ def test_dataset_reads_the_real_files_exactly(real_videos: dict[str, Path], tmp_
         reference = reference_digests(path.name, real_videos[path.name])
         frames, _ = ds.load(i)
         assert [_digest(f) for f in frames.numpy()] == [reference[0], reference[len(reference) // 2], reference[-1]]
+
+
+def test_damaged_copy_of_a_packed_bframes_file_is_reported(real_videos: dict[str, Path], tmp_path: Path) -> None:
+    data = bytearray(real_videos["Megamind.avi"].read_bytes())
+    rng = np.random.default_rng(0)
+    for i in rng.integers(len(data) // 5, len(data) * 3 // 5, size=30):
+        data[i] = int(rng.integers(0, 256))
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    for read in (probe_video, VideoReader):
+        with pytest.raises(VideoDecodeError, match="damaged.avi"):
+            read(damaged)
