@@ -1,4 +1,7 @@
-"""Hand-computed checks of FIMA's losses, foreground mask, crop geometry, queue and momentum helpers."""
+"""Hand-computed checks of FIMA's losses, foreground mask, crop geometry, queue, momentum helpers and
+decoder, each derived from DESIGN.md's description of the authors' step; plus reference numbers
+obtained by running the authors' code (github.com/ZMHH-H/FIMA, moco/loss.py and moco/builder.py)
+on the same seeded inputs in a scratch folder (their code is not part of this repository)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import math
 import pytest
 import torch
 
-from train.fima.heads import MotionDecoder, Projector, sine_position_encoding
+import torch.nn.functional as F
+
+from train.fima.heads import CrossAttentionLayer, MotionDecoder, Projector, sinusoidal_position_encoding
 from train.fima.losses import (
     cell_centers,
     cell_diagonals,
@@ -17,7 +22,6 @@ from train.fima.losses import (
     frame_motion_loss,
     global_instance_loss,
     info_nce,
-    info_nce_multi_positive,
 )
 from train.fima.momentum import FeatureQueue, momentum_update, shuffled_forward
 
@@ -43,26 +47,22 @@ def test_info_nce_without_negatives_is_zero() -> None:
     assert info_nce(q, q, None, 0.1).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_info_nce_multi_positive_hand_value() -> None:
-    logits = torch.tensor([[2.0, 1.0, 0.0], [5.0, 5.0, 5.0]])
-    pos = torch.tensor([[True, True, False], [False, False, False]])
-    neg = torch.tensor([[False, False, True], [True, True, True]])
-    loss_sum, count = info_nce_multi_positive(logits, pos, neg)
-    # row 0: pairs (0,0) and (0,1) each against the single negative logit 0; row 1 has no positive
-    expected = 0.5 * (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(-1.0)))
-    assert count.item() == 1
-    assert loss_sum.item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_global_instance_loss_is_symmetric_mean() -> None:
+def test_global_loss_enqueues_n_keys_between_the_two_directions() -> None:
+    """DESIGN: InfoNCE(q_m, k_n, queue); enqueue k_n; InfoNCE(q_n, k_m, queue now holding k_n); enqueue k_m."""
     g = torch.Generator().manual_seed(0)
-    q_m, q_n, k_m, k_n = (torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=1) for _ in range(4))
-    queue = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
+    q_m, q_n, k_m, k_n = (F.normalize(torch.randn(2, 4, generator=g), dim=1) for _ in range(4))
+    queue = FeatureQueue(3, 4)
+    start = queue.queue.clone()
     got = global_instance_loss(q_m, q_n, k_m, k_n, queue, 0.1)
-    want = 0.5 * (info_nce(q_m, k_n, queue, 0.1) + info_nce(q_n, k_m, queue, 0.1))
+    second = start.clone()
+    second[0:2] = k_n  # slots 0, 1 now hold this batch's n keys
+    want = 0.5 * (info_nce(q_m, k_n, start, 0.1) + info_nce(q_n, k_m, second, 0.1))
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
-    # swapping the roles of m and n gives the same value
-    assert global_instance_loss(q_n, q_m, k_n, k_m, queue, 0.1).item() == pytest.approx(got.item(), rel=1e-6)
+    # the old order (both directions against the untouched queue) gives another number
+    assert got.item() != pytest.approx(0.5 * (info_nce(q_m, k_n, start, 0.1) + info_nce(q_n, k_m, start, 0.1)).item())
+    # afterwards: k_n in slots 0, 1, then k_m wrapped around into slots 2, 0
+    assert torch.allclose(queue.queue, torch.stack([k_m[1], k_n[1], k_m[0]]))
+    assert int(queue.ptr) == 1
 
 
 # ----------------------------------------------------------------------------- foreground mask
@@ -125,50 +125,129 @@ def test_dense_positives_zoomed_crop_and_foreground() -> None:
 
 
 # ----------------------------------------------------------------------------- dense / frame losses
-def test_dense_motion_loss_hand_value() -> None:
-    pred = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).t().reshape(1, 2, 1, 2)  # cells (D=2, H=1, W=2)
-    keys = pred.reshape(1, 1, 2, 1, 2)  # one time index, identical keys
-    pos = torch.eye(2, dtype=torch.bool)[None]
-    loss_sum, count = dense_motion_loss(pred, keys, 0, pos, None, 1.0)
-    assert count.item() == 2
-    # each cell: positive logit 1, one negative (the other cell) with logit 0
-    assert (loss_sum / count).item() == pytest.approx(math.log1p(math.exp(-1.0)), rel=1e-6)
-    # a queue key (-1, 0) adds exp(-1) to cell 0's denominator and exp(0) to cell 1's
-    queue = torch.tensor([[-1.0, 0.0]])
-    loss_sum_q, _ = dense_motion_loss(pred, keys, 0, pos, queue, 1.0)
-    expected = (-1 + math.log(math.e + 1 + math.exp(-1))) + (-1 + math.log(math.e + 1 + 1))
-    assert loss_sum_q.item() == pytest.approx(expected, rel=1e-6)
+def _dense_hand_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """N=2 samples, D=2, a 1x2 grid, two time indices: predictions and keys with simple similarities."""
+    pred = torch.tensor([
+        [[1.0, 0.0], [0.0, 1.0]],  # sample 0: cell 0 = (1, 0), cell 1 = (0, 1)
+        [[1.0, 0.0], [0.0, 1.0]],  # sample 1: the same
+    ]).transpose(1, 2).reshape(2, 2, 1, 2)  # (N, D, H, W)
+    keys = torch.tensor([
+        [[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]],  # sample 0: t0 cells (1,0) (0,1); t1 (0,1) (0,1)
+        [[[0.0, 1.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]],  # sample 1: t0 (0,1) (0,1); t1 (1,0) (1,0)
+    ]).transpose(2, 3).reshape(2, 2, 2, 1, 2)  # (N, T, D, H, W)
+    return pred, keys
 
 
-def test_dense_motion_loss_uses_other_time_index_as_negatives() -> None:
-    pred = torch.tensor([[1.0], [0.0]]).reshape(1, 2, 1, 1)  # one cell, D=2
-    keys = torch.tensor([[0.0, 1.0], [1.0, 0.0]]).reshape(1, 2, 2, 1, 1)  # t=0: (0,1), t=1: (1,0)
-    pos = torch.ones(1, 1, 1, dtype=torch.bool)
-    s1, c1 = dense_motion_loss(pred, keys, 1, pos, None, 1.0)  # positive at t=1 (logit 1), negative t=0 (0)
-    assert (s1 / c1).item() == pytest.approx(math.log1p(math.exp(-1.0)), rel=1e-6)
-    s0, c0 = dense_motion_loss(pred, keys, 0, pos, None, 1.0)  # positive logit 0, negative 1
-    assert (s0 / c0).item() == pytest.approx(math.log1p(math.exp(1.0)), rel=1e-6)
+def test_dense_motion_loss_sum_of_positives_over_all_candidates() -> None:
+    """DESIGN: cell loss -log(sum_{j in P(i)} e^{s_ij/tau} / sum_{all candidates} e^{s_ic/tau}); candidates are
+    the keys of every sample at both time indices, positives included. tau = 1."""
+    pred, keys = _dense_hand_case()
+    pos = torch.zeros(2, 2, 2, dtype=torch.bool)
+    pos[0, 0, 0] = pos[0, 0, 1] = True  # sample 0, cell 0: both key cells at t0 are positives
+    # cell (1,0) against the 8 candidate cells [s0t0: 1, 0 | s0t1: 0, 0 | s1t0: 0, 0 | s1t1: 1, 1]
+    numerator = math.e + 1.0
+    denominator = 3 * math.e + 5.0
+    expected = -math.log(numerator / denominator)
+    assert dense_motion_loss(pred, keys, 0, pos, None, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # a queue key (0, 1) adds e^0 to the denominator
+    queue = torch.tensor([[0.0, 1.0]])
+    expected_q = -math.log(numerator / (denominator + 1.0))
+    assert dense_motion_loss(pred, keys, 0, pos, queue, 1.0).item() == pytest.approx(expected_q, rel=1e-6)
+    # the other time index: positives are the t1 cells of sample 0, (0, 1) (0, 1), similarity 0 each
+    expected_t1 = -math.log(2.0 / denominator)
+    assert dense_motion_loss(pred, keys, 1, pos, None, 1.0).item() == pytest.approx(expected_t1, rel=1e-6)
 
 
-def test_dense_motion_loss_cells_without_positives_are_skipped() -> None:
-    pred = torch.nn.functional.normalize(torch.randn(2, 4, 2, 2), dim=1)
-    keys = torch.nn.functional.normalize(torch.randn(2, 2, 4, 2, 2), dim=1)
-    pos = torch.zeros(2, 4, 4, dtype=torch.bool)
-    loss_sum, count = dense_motion_loss(pred, keys, 0, pos, None, 0.1)
-    assert count.item() == 0 and loss_sum.item() == 0.0
+def test_dense_motion_loss_means_over_cells_then_samples() -> None:
+    """A sample's loss is the mean over its cells with a positive; the term the mean over samples with one."""
+    pred, keys = _dense_hand_case()
+    pos = torch.zeros(2, 2, 2, dtype=torch.bool)
+    pos[0, 0, 0] = True  # sample 0 cell 0 -> key (1,0): e^1
+    pos[0, 1, 1] = True  # sample 0 cell 1 (0,1) -> key (0,1): e^1
+    pos[1, 1, 0] = True  # sample 1 cell 1 (0,1) -> key (0,1): e^1; sample 1 cell 0 has none
+    den_c0 = 3 * math.e + 5.0  # (1,0): [1, 0 | 0, 0 | 0, 0 | 1, 1]
+    den_c1 = 5 * math.e + 3.0  # (0,1): [0, 1 | 1, 1 | 1, 1 | 0, 0]
+    l00, l01, l11 = -math.log(math.e / den_c0), -math.log(math.e / den_c1), -math.log(math.e / den_c1)
+    expected = 0.5 * ((l00 + l01) / 2 + l11)
+    assert dense_motion_loss(pred, keys, 0, pos, None, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    pooled_over_cells = (l00 + l01 + l11) / 3  # what pooling all cells of the batch would give
+    assert expected != pytest.approx(pooled_over_cells)
+
+
+def test_dense_motion_loss_without_any_positive_is_the_authors_near_zero() -> None:
+    """No positive anywhere: mean over samples of -log(S / (S + 1e-3)), S = sum of e^{s_ij/tau} over the own
+    sample's query x key cells at t (the authors' fallback; almost 0)."""
+    pred, keys = _dense_hand_case()
+    pos = torch.zeros(2, 2, 2, dtype=torch.bool)
+    s0 = 2 * math.e + 2.0  # sample 0 at t0: (1,0).(1,0)=1, (1,0).(0,1)=0, (0,1).(1,0)=0, (0,1).(0,1)=1
+    s1 = 2 * math.e + 2.0  # sample 1 at t0: keys (0,1) (0,1): cell 0 -> 0, 0; cell 1 -> 1, 1
+    expected = 0.5 * (math.log1p(1e-3 / s0) + math.log1p(1e-3 / s1))
+    got = dense_motion_loss(pred, keys, 0, pos, None, 1.0)
+    assert got.item() == pytest.approx(expected, rel=1e-5) and 0 < got.item() < 1e-3
+
+
+# (seed, queue) -> the authors' Dense_Contrastive_Loss (tau 0.1, ratio 0.7) on _seeded_dense_case, run in a
+# scratch folder with their moco/loss.py
+AUTHORS_DENSE = {
+    (0, False): 15.48674, (0, True): 15.48691, (1, False): 11.01007, (1, True): 11.01012,
+    (2, False): 14.20121, (2, True): 14.2016, (3, False): 15.53189, (3, True): 15.53209,
+    (4, False): 11.71527, (4, True): 11.71603,
+}
+
+
+def _seeded_dense_case(seed: int):
+    """N=3 samples, D=8, 3x3 grid, two time indices, boxes (sample 0's key view flipped), random
+    foreground, a queue of 5."""
+    g = torch.Generator().manual_seed(seed)
+    n, d, h, w = 3, 8, 3, 3
+    pred = F.normalize(torch.randn(n, d, h, w, generator=g), dim=1)
+    keys = F.normalize(torch.randn(n, 2, d, h, w, generator=g), dim=1)
+    lo = torch.rand(n, 2, 2, generator=g) * 0.4
+    hi = lo + 0.4 + torch.rand(n, 2, 2, generator=g) * 0.2
+    boxes = torch.cat([lo, hi], dim=2)  # (N, view, 4): x1, y1, x2, y2
+    boxes[0, 1] = boxes[0, 1, [2, 1, 0, 3]]
+    fg = torch.rand(n, 2, h, w, generator=g) > 0.3
+    queue = F.normalize(torch.randn(5, d, generator=g), dim=1)
+    return pred, keys, boxes, fg, queue
+
+
+@pytest.mark.parametrize("seed, with_queue", sorted(AUTHORS_DENSE))
+def test_dense_motion_loss_equals_the_authors_code(seed: int, with_queue: bool) -> None:
+    pred, keys, boxes, fg, queue = _seeded_dense_case(seed)
+    pos = dense_positive_mask(boxes[:, 0], boxes[:, 1], fg[:, 0], fg[:, 1], 3, 3, 0.7)
+    got = dense_motion_loss(pred, keys, 0, pos, queue if with_queue else None, 0.1)
+    assert got.item() == pytest.approx(AUTHORS_DENSE[(seed, with_queue)], rel=2e-6)
 
 
 def test_frame_motion_loss_hand_value() -> None:
-    pred = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # N=1, segments 2, D=2
+    """DESIGN: for n's segment s of sample b the candidates are l_s of n for b (positive), n's other segment of
+    every sample, m's segments of every sample and the queue; l_s of n for the other samples is not one."""
+    pred = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])  # N=2, S=2, D=2
     target = pred.clone()
-    source = -pred
-    # query 0 logits vs [n_seg0, n_seg1, m_seg0, m_seg1] = [1, 0, -1, 0]; query 1 symmetric
-    expected = -1.0 + math.log(math.e + 1.0 + math.exp(-1.0) + 1.0)
+    source = torch.tensor([[[-1.0, 0.0], [0.0, -1.0]], [[0.0, -1.0], [-1.0, 0.0]]])
+    # query (b0, s0) = (1,0): positive target[0,0] -> 1; other segment of every sample: target[0,1] (0,1) -> 0,
+    # target[1,1] (1,0) -> 1; m: (-1,0) -> -1, (0,-1) -> 0, (0,-1) -> 0, (-1,0) -> -1
+    # (target[1,0] = (0,1) is left out). Every query sees the same multiset by symmetry.
+    expected = -1.0 + math.log(2 * math.e + 3.0 + 2 * math.exp(-1.0))
     assert frame_motion_loss(pred, target, source, None, 1.0).item() == pytest.approx(expected, rel=1e-6)
-    queue = torch.tensor([[1.0, 0.0]])  # adds e^1 for query 0, e^0 for query 1
-    e0 = -1.0 + math.log(2 * math.e + 2.0 + math.exp(-1.0))
-    e1 = -1.0 + math.log(math.e + 3.0 + math.exp(-1.0))
-    assert frame_motion_loss(pred, target, source, queue, 1.0).item() == pytest.approx(0.5 * (e0 + e1), rel=1e-6)
+    with_target_of_others = -1.0 + math.log(2 * math.e + 4.0 + 2 * math.exp(-1.0))  # the old candidate set
+    assert frame_motion_loss(pred, target, source, None, 1.0).item() != pytest.approx(with_target_of_others)
+    queue = torch.tensor([[1.0, 0.0]])  # adds e^1 for queries (1,0), e^0 for queries (0,1)
+    e_a = -1.0 + math.log(3 * math.e + 3.0 + 2 * math.exp(-1.0))
+    e_b = -1.0 + math.log(2 * math.e + 4.0 + 2 * math.exp(-1.0))
+    assert frame_motion_loss(pred, target, source, queue, 1.0).item() == pytest.approx(0.5 * (e_a + e_b), rel=1e-6)
+
+
+# seed -> the authors' compute_logits_local + cross-entropy, averaged over the two segments (tau 0.1)
+AUTHORS_FRAME = {0: 6.081542, 1: 7.769484, 2: 5.304855}
+
+
+@pytest.mark.parametrize("seed", sorted(AUTHORS_FRAME))
+def test_frame_motion_loss_equals_the_authors_code(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    pred, target, source = (F.normalize(torch.randn(3, 2, 8, generator=g), dim=2) for _ in range(3))
+    queue = F.normalize(torch.randn(6, 8, generator=g), dim=1)
+    assert frame_motion_loss(pred, target, source, queue, 0.1).item() == pytest.approx(AUTHORS_FRAME[seed], rel=2e-6)
 
 
 # ----------------------------------------------------------------------------- queue, momentum, shuffle
@@ -218,13 +297,13 @@ def test_shuffled_forward_split_bn_and_order() -> None:
 
 
 # ----------------------------------------------------------------------------- heads
-def test_sine_position_encoding_hand_value() -> None:
-    # one cell at normalised position 0.5 -> angle pi; quarter = 1, frequency 1
-    pe = sine_position_encoding(1, 1, 4)
-    assert pe.tolist()[0] == pytest.approx([0.0, -1.0, 0.0, -1.0], abs=1e-6)
-    assert sine_position_encoding(3, 5, 8).shape == (15, 8)
-    with pytest.raises(ValueError, match="divisible by 4"):
-        sine_position_encoding(2, 2, 6)
+def test_sinusoidal_position_encoding_hand_value() -> None:
+    # DESIGN: token p, channel 2i: sin(p / 10000^(2i/d)), channel 2i+1: cos of the same; d = 4
+    pe = sinusoidal_position_encoding(3, 4)
+    for p in range(3):
+        assert pe[p].tolist() == pytest.approx([math.sin(p), math.cos(p), math.sin(p / 100), math.cos(p / 100)], abs=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        sinusoidal_position_encoding(2, 5)
 
 
 def test_projector_pooled_equals_dense_of_mean() -> None:
@@ -236,12 +315,85 @@ def test_projector_pooled_equals_dense_of_mean() -> None:
     assert torch.allclose(proj.pooled(fmap.mean(dim=(2, 3, 4))), pooled, atol=1e-6)
 
 
-def test_motion_decoder_shapes_and_segment_embedding() -> None:
+def _reference_decoder(dec: MotionDecoder, source: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """DESIGN's decoder written out with plain tensor algebra (eval mode, no dropout): 1x1 conv in, 1-D sine
+    encoding of the cell index, target [cls; m tokens], memory n tokens, per layer x + CrossAttn(LN(x), mem)
+    and x + FFN(LN(x)), no self-attention, no final norm, 1x1 conv out. Returns (B, C, 1 + HW)."""
+    b, c, h, w = source.shape
+    d = dec.dim
+    pe = torch.zeros(h * w, d)
+    for p in range(h * w):
+        for i in range(0, d, 2):
+            angle = p / 10000 ** (i / d)
+            pe[p, i], pe[p, i + 1] = math.sin(angle), math.cos(angle)
+
+    def tokens(fmap: torch.Tensor) -> torch.Tensor:
+        x = torch.einsum("oc,bcp->bpo", dec.embed_in.weight[:, :, 0, 0], fmap.flatten(2)) + dec.embed_in.bias
+        return x + pe
+
+    x = torch.cat([dec.cls_token.expand(b, 1, d), tokens(source)], dim=1)
+    mem = tokens(memory)
+    for layer in dec.layers:
+        attn = layer.cross_attn
+        heads = attn.num_heads
+        wq, wk, wv = attn.in_proj_weight.chunk(3)
+        bq, bk, bv = attn.in_proj_bias.chunk(3)
+        y = F.layer_norm(x, (d,), layer.attn_norm.weight, layer.attn_norm.bias)
+        q = (y @ wq.t() + bq).reshape(b, -1, heads, d // heads).transpose(1, 2)
+        k = (mem @ wk.t() + bk).reshape(b, -1, heads, d // heads).transpose(1, 2)
+        v = (mem @ wv.t() + bv).reshape(b, -1, heads, d // heads).transpose(1, 2)
+        att = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(d // heads), dim=-1) @ v
+        x = x + att.transpose(1, 2).reshape(b, -1, d) @ attn.out_proj.weight.t() + attn.out_proj.bias
+        y = F.layer_norm(x, (d,), layer.ffn_norm.weight, layer.ffn_norm.bias)
+        x = x + layer.ffn_out(torch.relu(layer.ffn_in(y)))
+    return torch.einsum("oc,bpc->bop", dec.embed_out.weight[:, :, 0, 0], x) + dec.embed_out.bias[:, None]
+
+
+def test_motion_decoder_equals_the_written_out_formula() -> None:
+    torch.manual_seed(0)
+    dec = MotionDecoder(in_dim=6, dim=8, heads=2, ffn_dim=16, layers=2, dropout=0.1).eval()
+    with torch.no_grad():
+        dec.cls_token.normal_()  # a non-zero cls, so its path is checked too
+        for layer in dec.layers:  # distinct layers and non-trivial norms
+            for p in layer.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        src, mem = torch.randn(2, 6, 2, 3), torch.randn(2, 6, 2, 3)
+        cls, cells = dec(src, mem)
+        ref = _reference_decoder(dec, src, mem)
+    assert cls.shape == (2, 6) and cells.shape == (2, 6, 2, 3)
+    assert torch.allclose(cls, ref[:, :, 0], atol=1e-5)
+    assert torch.allclose(cells, ref[:, :, 1:].reshape(2, 6, 2, 3), atol=1e-5)
+
+
+def test_motion_decoder_has_no_self_attention_and_the_authors_init() -> None:
+    """Without self-attention the cls output depends on n only and each predicted cell on its own m cell and
+    n; cls starts at zero; the layers start as copies of one layer (the authors' _get_clones); no final norm."""
     torch.manual_seed(0)
     dec = MotionDecoder(in_dim=6, dim=8, heads=2, ffn_dim=16, layers=2, dropout=0.0).eval()
-    src = torch.randn(2, 6, 3, 3)
-    mem = torch.randn(2, 6, 3, 3)
-    cls0, cells0 = dec(src, mem, torch.tensor([0, 0]))
-    cls1, _ = dec(src, mem, torch.tensor([1, 1]))
-    assert cls0.shape == (2, 6) and cells0.shape == (2, 6, 3, 3)
+    assert torch.count_nonzero(dec.cls_token) == 0 and dec.segment_embed is None
+    assert all(isinstance(layer, CrossAttentionLayer) for layer in dec.layers)
+    first, second = (dict(layer.named_parameters()) for layer in dec.layers)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in dec.modules()) == 2 * len(dec.layers)
+    assert sum(isinstance(m, torch.nn.MultiheadAttention) for m in dec.modules()) == len(dec.layers)
+    src, mem = torch.randn(1, 6, 2, 2), torch.randn(1, 6, 2, 2)
+    with torch.no_grad():
+        cls, cells = dec(src, mem)
+        changed = src.clone()
+        changed[:, :, 0, 1] += 1.0  # change m's cell 1
+        cls2, cells2 = dec(changed, mem)
+    assert torch.allclose(cls, cls2)
+    moved = (cells2 - cells).abs().amax(dim=1).flatten() > 1e-6
+    assert moved.tolist() == [False, True, False, False]
+
+
+def test_motion_decoder_segment_embedding_option() -> None:
+    torch.manual_seed(0)
+    dec = MotionDecoder(in_dim=6, dim=8, heads=2, ffn_dim=16, layers=1, dropout=0.0, segment_embedding=True).eval()
+    src, mem = torch.randn(2, 6, 3, 3), torch.randn(2, 6, 3, 3)
+    with torch.no_grad():
+        cls0, _ = dec(src, mem, torch.tensor([0, 0]))
+        cls1, _ = dec(src, mem, torch.tensor([1, 1]))
     assert not torch.allclose(cls0, cls1)  # same inputs, different segment -> different prediction
+    with pytest.raises(ValueError, match="segment"):
+        dec(src, mem)

@@ -4,8 +4,17 @@
 - :mod:`train.fima.heads` -- projector P and motion decoder.
 - :mod:`train.fima.momentum` -- EMA update, shuffled BatchNorm, key queues.
 - :mod:`train.fima.model` -- :class:`~train.fima.model.FimaPretrainer` assembling FIMA or MoCo.
+- :mod:`train.fima.authors` -- continue from a checkpoint of the FIMA authors' code.
 """
 
+from train.fima.authors import AuthorsCheckpointError, convert_authors_state_dict, load_authors_checkpoint
 from train.fima.model import DEFAULT_FIMA_CONFIG, METHODS, FimaPretrainer
 
-__all__ = ["FimaPretrainer", "DEFAULT_FIMA_CONFIG", "METHODS"]
+__all__ = [
+    "FimaPretrainer",
+    "DEFAULT_FIMA_CONFIG",
+    "METHODS",
+    "convert_authors_state_dict",
+    "load_authors_checkpoint",
+    "AuthorsCheckpointError",
+]
