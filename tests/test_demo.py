@@ -40,7 +40,7 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
     for name in ("fima", "moco", "random"):
         assert 0.0 <= mask[name]["object_recall"] <= 1.0 and 0.0 < mask[name]["fg_frac"] <= 0.5
     setup = results["setup"]
-    assert setup["classes"] == 2 and setup["chance_top1"] == 50.0 and setup["backbone"] == "test_r2plus1d"
+    assert setup["classes"] == 2 and setup["chance_top1"] == 50.0 and setup["backbone"] == "test_r2plus1d_mc"
     assert setup["train_videos"] == 6 and setup["test_videos"] == 2
     assert results["cpu_time_s"] > 0 and results["wall_time_s"] > 0
     assert (out / "demo.png").stat().st_size > 20_000
@@ -99,3 +99,16 @@ def test_compare_runs_pools_test_videos(tmp_path: Path) -> None:
     assert "seeds 0, 1" in table
     with pytest.raises(FileNotFoundError, match="python -m train demo"):
         compare_runs([tmp_path / "missing"])
+
+
+def test_demo_backbone_keeps_two_time_steps() -> None:
+    import fima_models
+
+    model = fima_models.create_model("test_r2plus1d_mc", num_classes=0)
+    fmap = model.forward_features(torch.zeros(2, 3, 8, 64, 64))
+    assert fmap.shape == (2, 32, 2, 4, 4)  # the demo's 8-frame, 64x64 views: FIMA's T' = 2 and 4x4 cells
+    # layer4 convolves in space only (MC-style top), so it keeps time; the lower stages are (2+1)D
+    assert [m.kernel_size for m in model.layer4.modules() if isinstance(m, torch.nn.Conv3d)][0] == (1, 3, 3)
+    assert any(m.kernel_size == (3, 1, 1) for m in model.layer3.modules() if isinstance(m, torch.nn.Conv3d))
+    assert "test_r2plus1d_mc" not in fima_models.list_models()  # test variants stay out of the model table
+    assert "test_r2plus1d_mc" in fima_models.list_models(include_test=True)

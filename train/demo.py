@@ -91,7 +91,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "videos_per_class": 80,
         "test_fraction": 0.5,
         "num_frames": 32,
-        # 64x64: the demo backbone's final map is 4x4 cells (FIMA's dense term needs cells)
+        # 64x64: the demo backbone's final map has 4x4 cells (FIMA's dense term needs cells)
         "size": 64,
     },
     "pretrain": {
@@ -100,7 +100,8 @@ DEMO_CONFIG: dict[str, Any] = {
         # merged over both smoke configs, so both methods get the same backbone, data and budget
         "overrides": {
             "device": "cpu",
-            "model": {"arch": "test_r2plus1d"},
+            # 8-frame global views -> a 2 x 4 x 4 map: the authors' two temporal indices (T' = 2) and 16 cells
+            "model": {"arch": "test_r2plus1d_mc"},
             "data": {
                 "clip_len": 16, "size": 64, "num_workers": 1, "synthetic": None,
                 # the paper's augmentation (crops of 20-100 %, flip, colour jitter p=0.8, grayscale
@@ -127,7 +128,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "linear_epochs": 60,
         "linear_batch_size": 64,
         "linear_lr": 0.1,
-        "retrieval_clips": 4,
+        "retrieval_clips": 2,
     },
     # FIMA's foreground mask against the true object mask, on this many test videos (one clip each)
     "mask": {"videos": 32, "shown": 4},

@@ -220,6 +220,8 @@ default_cfgs = generate_default_cfgs({
                               63.960, 84.130, 11695440),
     'test_r3d': _cfg(num_classes=10, input_size=(3, 4, 32, 32), description='Tiny untrained model for tests.'),
     'test_r2plus1d': _cfg(num_classes=10, input_size=(3, 4, 32, 32), description='Tiny untrained model for tests.'),
+    'test_r2plus1d_mc': _cfg(num_classes=10, input_size=(3, 8, 64, 64),
+                             description='Tiny untrained model for tests and the CPU demo (8x64x64 -> 2x4x4 map).'),
 })
 
 
@@ -254,4 +256,17 @@ def test_r2plus1d(pretrained: bool = False, **kwargs: Any) -> VideoResNet:
     """Tiny R(2+1)D (one block per stage, widths 8..32) for tests."""
     return _create_resnet3d(
         'test_r2plus1d', pretrained, conv_kinds=('2plus1d',) * 4, stem_kind='2plus1d',
+        layers=(1, 1, 1, 1), widths=(8, 16, 24, 32), stem_width=8, stem_mid_width=6, **kwargs)
+
+
+@register_model
+def test_r2plus1d_mc(pretrained: bool = False, **kwargs: Any) -> VideoResNet:
+    """Tiny mixed-convolution R(2+1)D (widths 8..32) for tests and the CPU demo.
+
+    (2+1)D convolutions in the stem and ``layer1``..``layer3``, spatial-only (1x3x3) ones in
+    ``layer4``, which therefore keeps the time axis: an 8-frame clip leaves a map of 2 time steps
+    (1 for :func:`test_r2plus1d`), the two temporal indices FIMA's motion decoder works on.
+    """
+    return _create_resnet3d(
+        'test_r2plus1d_mc', pretrained, conv_kinds=('2plus1d',) * 3 + ('2d',), stem_kind='2plus1d',
         layers=(1, 1, 1, 1), widths=(8, 16, 24, 32), stem_width=8, stem_mid_width=6, **kwargs)
