@@ -193,20 +193,26 @@ def decoded_frames(container: av.container.InputContainer) -> Iterator[av.VideoF
     """Decode the first video stream from the container's current position to its end.
 
     Every packet goes to the decoder (edit-list discards too: later pictures reference them;
-    the decoder itself drops their pictures). A corrupt packet ends the stream.
+    the decoder itself drops their pictures). A corrupt packet (a truncated file's last one)
+    ends the stream there, as :func:`scan_packets` counts it: no picture shown at or after it
+    is yielded.
 
     Raises:
         av.error.FFmpegError: the decoder failed.
     """
     stream = container.streams.video[0]
     ctx = stream.codec_context
+    cut: int | None = None
     for packet in container.demux(stream):
         if packet.is_corrupt:
+            cut = packet.pts
             break
         if packet.size == 0:
             continue
         yield from ctx.decode(packet)
-    yield from ctx.decode(None)
+    for frame in ctx.decode(None):
+        if cut is None or frame.pts is None or frame.pts < cut:
+            yield frame
 
 
 def decode_index(container: av.container.InputContainer, path: str | os.PathLike[str], reason: str) -> FrameIndex:

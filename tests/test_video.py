@@ -210,6 +210,8 @@ def test_truncated_faststart_mp4_serves_only_complete_frames(tmp_path: Path) -> 
     assert 0 < reader.num_frames < 80
     clip = reader.get_clip(0, reader.num_frames)  # every counted frame can be served
     np.testing.assert_array_equal(clip.numpy(), ref[: reader.num_frames])
+    probed = probe_video(cut)  # the decode pass ends where the reader's count does
+    assert probed["num_frames"] == reader.num_frames and probed["fast_seek"]
 
 
 def test_corrupt_bytes_raise_instead_of_wrong_frames(tmp_path: Path) -> None:
