@@ -126,3 +126,19 @@ def test_cli_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'SHA256SUMS (3 files)' in out and 'python -m hub publish' in out
     assert '## Evaluation\n\nNot evaluated yet.' in (tmp_path / 'rel' / 'README.md').read_text()
+
+
+def test_export_again_replaces_only_its_own_files(tmp_path):
+    ckpt = tmp_path / 'c.pt'
+    torch.save(train_checkpoint(make_backbone().state_dict()), ckpt)
+    out = tmp_path / 'release'
+    export_checkpoint(ckpt, ARCH, 'fima_ucf101', out)
+    export_checkpoint(ckpt, ARCH, 'fima_ucf101', out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', MANIFEST_NAME, 'config.json', 'model.safetensors']
+    (out / 'notes.txt').write_text('mine')
+    assert hub_main(['export', str(ckpt), '--model', ARCH, '--tag', 'fima_ucf101', '--out', str(out),
+                     '--overwrite']) == 1
+    assert hub_main(['export', str(ckpt), '--model', ARCH, '--tag', 'fima_ucf101', '--out', str(out),
+                     '--overwrite', '--keep-other-files']) == 0
+    assert (out / 'notes.txt').read_text() == 'mine'
+    assert 'notes.txt' not in (out / MANIFEST_NAME).read_text()

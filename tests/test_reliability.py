@@ -273,6 +273,15 @@ def test_a_full_disk_fails_the_videos_in_one_line_and_keeps_the_summary(tmp_path
     assert not [p for p in out.rglob('*') if p.name not in (cli_extract.SUMMARY_NAME, '.extract.lock')]
 
 
+def test_a_read_only_out_is_one_line_before_any_work(tmp_path: Path, videos: Path, monkeypatch) -> None:
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, 'Read-only file system', str(path))
+
+    monkeypatch.setattr(_atomic.os, 'open', read_only)
+    with pytest.raises(RuntimeError, match=r"cannot write '.*feats/.extract.lock': the file system is read-only"):
+        run_cli([str(videos), '--out', str(tmp_path / 'feats'), *EXTRACT])
+
+
 @pytest.mark.parametrize('content,message', [
     (b'\x00\x01binary\x00list', 'is a binary file'),
     ('vid\u00e9o.mp4\n'.encode('latin-1'), 'is not UTF-8 text'),
