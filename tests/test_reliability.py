@@ -274,10 +274,10 @@ def test_a_full_disk_fails_the_videos_in_one_line_and_keeps_the_summary(tmp_path
 
 
 def test_a_read_only_out_is_one_line_before_any_work(tmp_path: Path, videos: Path, monkeypatch) -> None:
-    def read_only(path, *args, **kwargs):
-        raise OSError(errno.EROFS, 'Read-only file system', str(path))
+    def read_only(lock):
+        raise OSError(errno.EROFS, 'Read-only file system', str(lock.path))
 
-    monkeypatch.setattr(_atomic.os, 'open', read_only)
+    monkeypatch.setattr(_atomic.FolderLock, '__enter__', read_only)
     with pytest.raises(RuntimeError, match=r"cannot write '.*feats/.extract.lock': the file system is read-only"):
         run_cli([str(videos), '--out', str(tmp_path / 'feats'), *EXTRACT])
 
