@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
+from fima_models._atomic import default_file_mode
 from fima_models.video_index import (
     DECODED,
     TIMESTAMPS,
@@ -675,6 +676,8 @@ def write_video(
         opts.update({"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
     opts.update(options or {})
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    # mkstemp creates 0600; the video gets the permissions an ordinary open() would give.
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     tmp = Path(tmp_name)
     try:

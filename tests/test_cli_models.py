@@ -1,10 +1,12 @@
 """`fima-models list` / `info` and the README/docs model table kept in sync with the registry."""
+import errno
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import fima_models.cli.weights as weights_cli
 from fima_models.cli import main
 from fima_models.cli.models import markdown_model_table, summarize_model
 
@@ -54,3 +56,14 @@ def test_console_script_entry_point_runs():
     out = subprocess.run([sys.executable, '-m', 'fima_models.cli', 'list', 'i3d'],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == 'i3d'
+
+
+def test_os_error_is_one_line_naming_the_path(capsys, monkeypatch):
+    def read_only_cache(name):
+        raise OSError(errno.EROFS, 'Read-only file system', '/cache/hub/model.safetensors')
+
+    monkeypatch.setattr(weights_cli, 'download_pretrained', read_only_cache)
+    assert main(['download', 'r2plus1d_18.tv_k400']) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fima-models download: error: cannot write '/cache/hub/model.safetensors': "
+                   'the file system is read-only; choose a writable output folder']

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from fractions import Fraction
 from pathlib import Path
 
@@ -243,6 +245,15 @@ def test_write_video_streams_iterables_and_validates(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="T, H, W, 3"):
         write_video(tmp_path / "gray.mp4", np.zeros((2, 16, 16), dtype=np.uint8))
     assert not (tmp_path / "none.mp4").exists()
+
+
+def test_written_video_follows_the_umask(tmp_path: Path) -> None:
+    old_mask = os.umask(0o027)
+    try:
+        path = write_video(tmp_path / "perm.mp4", make_frames(3, 16, 16, seed=1), fps=10, codec="libx264")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_directory_named_like_a_video(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import os
 import sys
 from typing import List, Optional
 
+from fima_models._atomic import describe_os_error
+
 __all__ = ['main', 'build_parser']
 
 COMMAND_MODULES = (
@@ -52,6 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f'fima-models {args.command}: error: {err}', file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f'fima-models {args.command}: error: {describe_os_error(err)}', file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (`fima-models list | head`); silence the flush at exit.

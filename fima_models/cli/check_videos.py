@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from fima_models._atomic import atomic_write_text, describe_os_error
-from fima_models.cli.extract import LIST_EXTENSIONS, _read_list
+from fima_models.cli.extract import LIST_EXTENSIONS, read_list
 from fima_models.data.datasets import VIDEO_EXTENSIONS
 from fima_models.data.index import probe_many
 
@@ -48,7 +48,7 @@ def collect_videos(inputs: Sequence[str]) -> Tuple[List[Path], List[Dict[str, An
                                                f"({' '.join(VIDEO_EXTENSIONS)})"))
             candidates += found
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            candidates += list(_read_list(path))
+            candidates += list(read_list(path))
         else:
             candidates.append(path)
     for path in candidates:

@@ -54,7 +54,7 @@ from fima_models.video import VideoReader
 
 __all__ = [
     'register', 'run', 'collect_inputs', 'VideoJob', 'ClipBatch', 'ClipBatchDataset', 'VIDEO_EXTENSIONS',
-    'LIST_EXTENSIONS', 'SUMMARY_NAME',
+    'LIST_EXTENSIONS', 'SUMMARY_NAME', 'read_list',
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -116,7 +116,12 @@ _NOT_A_VIDEO_DIR = "'{path}' is a directory, not a video file, and holds no vide
 _LISTED_DIR = "'{path}' is a directory, not a video file; pass the folder itself as an INPUT to search it for videos"
 
 
-def _read_list(list_file: Path) -> Iterator[Path]:
+def read_list(list_file: Path) -> Iterator[Path]:
+    """Yield the video paths a list file names, one per line (relative paths against the list's folder).
+
+    Raises:
+        ValueError: The file is binary or not UTF-8 text.
+    """
     try:
         text = list_file.read_bytes().decode('utf-8')
     except UnicodeDecodeError as err:
@@ -155,7 +160,7 @@ def collect_inputs(inputs: Sequence[str]) -> Tuple[List[VideoJob], List[Dict[str
                 _LOGGER.warning("no video files (%s) found under '%s'", ' '.join(VIDEO_EXTENSIONS), path)
             candidates += [(p, _mirror(p, path)) for p in found]
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            candidates += [(p, _mirror(p, path.parent)) for p in _read_list(path)]
+            candidates += [(p, _mirror(p, path.parent)) for p in read_list(path)]
         else:
             candidates.append((path, PurePath(path.name)))
 
