@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16 | fp16")
     p.add_argument("--channels-last", action="store_true", help="channels_last_3d weights and inputs")
     p.add_argument("--paper-heads", action="store_true", help="paper head widths (1024/128, decoder 512) instead of small")
+    p.add_argument("--fused-passes", action="store_true",
+                   help="fima.fused_encoder_passes: fewer, larger encoder calls (not the authors' BatchNorm batches)")
     p.add_argument("--data-root", default=None, help="UCF101-layout data for the pipeline measurement")
     p.add_argument("--pipeline-steps", type=int, default=6)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pipeline measurement")
@@ -66,12 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def heads(paper: bool) -> dict[str, Any]:
-    """FIMA head config: the paper's widths, or the smoke widths."""
-    if paper:
-        return {}
-    return {"proj_hidden": 64, "embed_dim": 32, "queue_size": 256, "motion_queue_size": 256,
-            "decoder": {"dim": 64, "heads": 2, "ffn_dim": 64, "layers": 2, "dropout": 0.1}}
+def heads(args: argparse.Namespace) -> dict[str, Any]:
+    """FIMA config: the paper's head widths or the smoke widths, plus the fused-passes option."""
+    cfg: dict[str, Any] = {"fused_encoder_passes": bool(args.fused_passes)}
+    if not args.paper_heads:
+        cfg.update({"proj_hidden": 64, "embed_dim": 32, "queue_size": 256, "motion_queue_size": 256,
+                    "decoder": {"dim": 64, "heads": 2, "ffn_dim": 64, "layers": 2, "dropout": 0.1}})
+    return cfg
 
 
 def random_views(batch: int, frames: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -94,7 +97,7 @@ def _sync(device: torch.device) -> None:
 def model_step(args: argparse.Namespace, method: str, device: torch.device, precision: str) -> dict[str, float]:
     """Time optimizer steps of one method on random inputs."""
     torch.manual_seed(0)
-    model = FimaPretrainer(fima_models.create_model(args.arch, num_classes=0), method, heads(args.paper_heads),
+    model = FimaPretrainer(fima_models.create_model(args.arch, num_classes=0), method, heads(args),
                            channels_last=args.channels_last).to(device)
     if args.channels_last:
         to_channels_last_3d(model)
@@ -140,7 +143,7 @@ def pipeline(args: argparse.Namespace, method: str) -> dict[str, float]:
         "data": {"root": args.data_root, "clip_len": 2 * args.frames, "size": args.size, "num_workers": args.workers},
         "train": {"epochs": 1000, "batch_size": args.batch, "stop_after_steps": args.pipeline_steps,
                   "tensorboard": False, "progress": False, "print_every": 0},
-        "fima": heads(args.paper_heads),
+        "fima": heads(args),
     }
     with tempfile.TemporaryDirectory() as tmp:
         run_pretrain(cfg, Path(tmp) / method)
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": args.arch, "frames": args.frames, "size": args.size, "batch": args.batch, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "precision": precision, "channels_last": bool(args.channels_last),
-        "paper_heads": bool(args.paper_heads), "torch": torch.__version__, "model_step": {}, "pipeline": {},
+        "paper_heads": bool(args.paper_heads), "fused_passes": bool(args.fused_passes), "torch": torch.__version__, "model_step": {}, "pipeline": {},
     }
     for method in ("moco", "fima"):
         res["model_step"][method] = model_step(args, method, device, precision)

@@ -69,6 +69,29 @@ def test_every_encoder_call_is_one_view_type(method: str) -> None:
     assert all(_same_rows(x, want) for (_, x), (_, want) in zip(calls, expected))
 
 
+def test_fused_encoder_passes_option() -> None:
+    """The speed option: f_k on both clips' RGB views in one call, on all six difference views in one, f_q on
+    both clips in one; same loss terms computed from other BatchNorm statistics."""
+    b = _batch()
+    results = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = FimaPretrainer(fima_models.create_model("test_r3d", num_classes=0), "fima",
+                               {**TINY, "fused_encoder_passes": fused})
+        sizes = []
+        for side in ("encoder_q", "encoder_k"):
+            encoder = getattr(model, side)
+            original = encoder.forward_features
+            encoder.forward_features = lambda x, _s=side, _fn=original: (sizes.append((_s, x.shape[0])), _fn(x))[1]
+        out = model(b)
+        results[fused] = out["loss"].item()
+        if fused:
+            assert sizes == [("encoder_k", 2 * N), ("encoder_k", 6 * N), ("encoder_q", 2 * N)]
+        else:
+            assert sizes == [("encoder_k", N)] * 8 + [("encoder_q", N)] * 2
+    assert results[True] != pytest.approx(results[False], rel=1e-4)
+
+
 def test_keys_enter_the_queues_in_the_authors_order() -> None:
     """Global queue: n's keys, then m's; motion queue: [n seg 1, n seg 2, m seg 1, m seg 2]; dense queue:
     n at t=0, n at t=1, m at t=0, m at t=1, cells (sample, row, column). Each key recomputed here from its

@@ -18,7 +18,9 @@ Batch layout (N videos, two clips m and n each, S x S pixels, L/2 frames per vie
 
 Encoder calls, one view type over the batch each (BatchNorm statistics per view type): per clip
 (m, then n) f_k(RGB global), f_k(diff global), f_k(diff local 1), f_k(diff local 2); then f_q(m),
-f_q(n). MoCo runs only f_k(RGB global) per clip and the two f_q calls.
+f_q(n). MoCo runs only f_k(RGB global) per clip and the two f_q calls. Option
+``fused_encoder_passes`` (off; faster, other BatchNorm statistics): f_k on both clips' RGB views in
+one call and on all six difference views in another, f_q on both clips in one call.
 
 Temporal indices. The decoder works per temporal index t of the backbone map, and local segment
 s is predicted at index ``s * T_d // 2``. The authors' case is ``T' = 2`` (``T_d = 2``: segment s at
@@ -60,7 +62,7 @@ NUM_SEGMENTS = 2
 
 #: Defaults of the ``fima`` config section: the authors' values (UCF101 queue sizes). Options that
 #: change the method (``dense_queue_keys_per_clip > 0``, ``decoder.segment_embedding``,
-#: ``key_bn_splits > 1``) are off.
+#: ``key_bn_splits > 1``, ``fused_encoder_passes``) are off.
 DEFAULT_FIMA_CONFIG: dict[str, Any] = {
     "temperature": 0.1,
     "momentum": 0.999,
@@ -72,6 +74,7 @@ DEFAULT_FIMA_CONFIG: dict[str, Any] = {
     "dense_queue_size": 0,
     "dense_queue_keys_per_clip": 0,
     "dense_pos_ratio": 0.7,
+    "fused_encoder_passes": False,
     "loss_weights": {"global": 1.0, "dense": 1.0, "frame": 1.0},
     "decoder": {"dim": 512, "heads": 4, "ffn_dim": 512, "layers": 2, "dropout": 0.1, "segment_embedding": False},
 }
@@ -120,6 +123,7 @@ class FimaPretrainer(nn.Module):
         self.pos_ratio = float(c["dense_pos_ratio"])
         self.weights = {k: float(v) for k, v in c["loss_weights"].items()}
         self.dense_keys_per_clip = int(c["dense_queue_keys_per_clip"])
+        self.fused_passes = bool(c["fused_encoder_passes"])
         if self.dense_keys_per_clip < 0:
             raise ValueError(
                 f"fima.dense_queue_keys_per_clip must be >= 0 (0: every cell, as the authors), got {self.dense_keys_per_clip}"
@@ -194,8 +198,12 @@ class FimaPretrainer(nn.Module):
             with at least one positive) and ``fg_frac`` (foreground fraction).
         """
         rgb = batch["rgb_global"]
-        keys = [self._clip_keys(batch, clip) for clip in range(2)]  # all of m's key views, then n's
-        qmaps = [self.encoder_q.forward_features(self._layout(rgb[:, clip])) for clip in range(2)]
+        if self.fused_passes:
+            keys = self._fused_keys(batch)
+            qmaps = list(self.encoder_q.forward_features(self._layout(torch.cat([rgb[:, 0], rgb[:, 1]]))).chunk(2))
+        else:
+            keys = [self._clip_keys(batch, clip) for clip in range(2)]  # all of m's key views, then n's
+            qmaps = [self.encoder_q.forward_features(self._layout(rgb[:, clip])) for clip in range(2)]
         q_m, q_n = (F.normalize(self.projector.pooled(qmap).float(), dim=1) for qmap in qmaps)
         loss_global = global_instance_loss(q_m, q_n, keys[0].key, keys[1].key, self.queue, self.temperature)
         out: dict[str, torch.Tensor] = {"loss_global": loss_global}
@@ -210,16 +218,38 @@ class FimaPretrainer(nn.Module):
 
     @torch.no_grad()
     def _clip_keys(self, batch: Mapping[str, torch.Tensor], clip: int) -> ClipKeys:
+        """One clip's keys, one key-encoder call per view type (the authors' BatchNorm batches)."""
         rgb_map = self._encode_keys(batch["rgb_global"][:, clip])
-        key = F.normalize(self.projector_k.pooled(rgb_map).float(), dim=1)
         if self.method != "fima":
-            return ClipKeys(rgb_map, key, None, None, None)
+            return self._keys_from_maps(rgb_map, None, [])
         diff_map = self._encode_keys(batch["diff_global"][:, clip])
-        dense = F.normalize(self.projector_k.dense(_to_time_indices(diff_map)).float(), dim=1)
-        local = [
-            F.normalize(self.projector_k.pooled(self._encode_keys(batch["diff_local"][:, clip, s])).float(), dim=1)
-            for s in range(NUM_SEGMENTS)
+        local_maps = [self._encode_keys(batch["diff_local"][:, clip, s]) for s in range(NUM_SEGMENTS)]
+        return self._keys_from_maps(rgb_map, diff_map, local_maps)
+
+    @torch.no_grad()
+    def _fused_keys(self, batch: Mapping[str, torch.Tensor]) -> list[ClipKeys]:
+        """Option ``fused_encoder_passes``: both clips' RGB views in one key-encoder call, all difference views
+        (global and local, both clips) in another -- fewer, larger calls, other BatchNorm statistics."""
+        rgb, diff, local = batch["rgb_global"], batch["diff_global"], batch["diff_local"]
+        rgb_maps = self._encode_keys(torch.cat([rgb[:, 0], rgb[:, 1]])).chunk(2)
+        if self.method != "fima":
+            return [self._keys_from_maps(rgb_maps[c], None, []) for c in range(2)]
+        views = [diff[:, 0], diff[:, 1]] + [local[:, c, s] for c in range(2) for s in range(NUM_SEGMENTS)]
+        maps = self._encode_keys(torch.cat(views)).chunk(len(views))
+        return [
+            self._keys_from_maps(rgb_maps[c], maps[c], list(maps[2 + c * NUM_SEGMENTS : 2 + (c + 1) * NUM_SEGMENTS]))
+            for c in range(2)
         ]
+
+    @torch.no_grad()
+    def _keys_from_maps(
+        self, rgb_map: torch.Tensor, diff_map: torch.Tensor | None, local_maps: list[torch.Tensor]
+    ) -> ClipKeys:
+        key = F.normalize(self.projector_k.pooled(rgb_map).float(), dim=1)
+        if diff_map is None:
+            return ClipKeys(rgb_map, key, None, None, None)
+        dense = F.normalize(self.projector_k.dense(_to_time_indices(diff_map)).float(), dim=1)
+        local = [F.normalize(self.projector_k.pooled(m).float(), dim=1) for m in local_maps]
         return ClipKeys(rgb_map, key, diff_map, dense, torch.stack(local, dim=1))
 
     def _fima_terms(
