@@ -276,6 +276,18 @@ def test_momentum_update_hand_value() -> None:
     assert target.weight.item() == pytest.approx(0.19)
 
 
+def test_momentum_update_rounds_like_the_authors() -> None:
+    """Their EMA is ``k * m + q * (1 - m)``, each product rounded to float32 before the sum; bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    online, target = torch.nn.Linear(100, 100), torch.nn.Linear(100, 100)
+    with torch.no_grad():
+        for p in list(online.parameters()) + list(target.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g))
+    expected = [t.detach() * 0.999 + o.detach() * (1.0 - 0.999) for o, t in zip(online.parameters(), target.parameters())]
+    momentum_update(online, target, 0.999)
+    assert all(torch.equal(t, e) for t, e in zip(target.parameters(), expected))
+
+
 def test_shuffled_forward_split_bn_and_order() -> None:
     def centre(x: torch.Tensor) -> torch.Tensor:  # batch-statistics dependent, like BatchNorm
         return x - x.mean(dim=0, keepdim=True)

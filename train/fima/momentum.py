@@ -45,13 +45,15 @@ def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> No
     target_params = list(target.parameters())
     if len(online_params) != len(target_params):
         raise ValueError("momentum_update: online and target modules have different parameter lists")
+    # target * m and online * (1 - m) are rounded separately, then added: the FIMA authors' arithmetic to the
+    # last bit (a fused multiply-add rounds differently, and BatchNorm over small maps amplifies that)
     if any(o.dtype != t.dtype or o.device != t.device for o, t in zip(online_params, target_params)):
         for o, t in zip(online_params, target_params):
-            t.mul_(momentum).add_(o.detach().to(t.dtype), alpha=1.0 - momentum)
+            t.mul_(momentum).add_(o.detach().to(t.dtype) * (1.0 - momentum))
         return
     # one fused multi-tensor kernel per op instead of two kernels per parameter
     torch._foreach_mul_(target_params, momentum)
-    torch._foreach_add_(target_params, [o.detach() for o in online_params], alpha=1.0 - momentum)
+    torch._foreach_add_(target_params, torch._foreach_mul([o.detach() for o in online_params], 1.0 - momentum))
 
 
 class FeatureQueue(nn.Module):
