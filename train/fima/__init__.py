@@ -7,7 +7,12 @@
 - :mod:`train.fima.authors` -- continue from a checkpoint of the FIMA authors' code.
 """
 
-from train.fima.authors import AuthorsCheckpointError, convert_authors_state_dict, load_authors_checkpoint
+from train.fima.authors import (
+    AuthorsCheckpointError,
+    authors_fima_config,
+    convert_authors_state_dict,
+    load_authors_checkpoint,
+)
 from train.fima.model import DEFAULT_FIMA_CONFIG, METHODS, FimaPretrainer
 
 __all__ = [
@@ -16,5 +21,6 @@ __all__ = [
     "METHODS",
     "convert_authors_state_dict",
     "load_authors_checkpoint",
+    "authors_fima_config",
     "AuthorsCheckpointError",
 ]
