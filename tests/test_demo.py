@@ -40,7 +40,7 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
     for name in ("fima", "moco", "random"):
         assert 0.0 <= mask[name]["object_recall"] <= 1.0 and 0.0 < mask[name]["fg_frac"] <= 0.5
     setup = results["setup"]
-    assert setup["classes"] == 2 and setup["chance_top1"] == 50.0 and setup["backbone"] == "test_r2plus1d_mc"
+    assert setup["classes"] == 2 and setup["chance_top1"] == 50.0 and setup["backbone"] == "test_r2plus1d"
     assert setup["train_videos"] == 6 and setup["test_videos"] == 2
     assert results["cpu_time_s"] > 0 and results["wall_time_s"] > 0
     assert (out / "demo.png").stat().st_size > 20_000

@@ -100,8 +100,8 @@ DEMO_CONFIG: dict[str, Any] = {
         # merged over both smoke configs, so both methods get the same backbone, data and budget
         "overrides": {
             "device": "cpu",
-            # 8-frame global views -> a 2 x 4 x 4 map: the authors' two temporal indices (T' = 2) and 16 cells
-            "model": {"arch": "test_r2plus1d_mc"},
+            # 8-frame global views at 64x64 -> a 1 x 4 x 4 map (16 cells for the dense term)
+            "model": {"arch": "test_r2plus1d"},
             "data": {
                 "clip_len": 16, "size": 64, "num_workers": 1, "synthetic": None,
                 # the paper's augmentation (crops of 20-100 %, flip, colour jitter p=0.8, grayscale
@@ -109,9 +109,12 @@ DEMO_CONFIG: dict[str, Any] = {
                 # telling videos apart by their random colours (docs/demo.md)
                 "transform": {},
             },
-            "train": {"epochs": 5, "batch_size": 8, "checkpoint_every_epochs": 5, "print_every": 10},
-            # a run of ~175 steps: a slower-moving key encoder (0.999) would barely leave its random init
-            "fima": {"momentum": 0.99},
+            "train": {"epochs": 6, "batch_size": 8, "checkpoint_every_epochs": 6, "print_every": 10},
+            # a run of 210 steps: a slower-moving key encoder (0.999) would barely leave its random init
+            # with one temporal index (T' = 1) the authors' decoder would give both local segments the same
+            # prediction; the segment-embedding option (as in smoke_fima.yaml) tells them apart. With
+            # model.arch=test_r2plus1d_mc (T' = 2) set it to false for the authors' step exactly.
+            "fima": {"momentum": 0.99, "decoder": {"segment_embedding": True}},
         },
     },
     "supervised": {
