@@ -112,6 +112,7 @@ def test_kinetics_checkpoint_with_dense_queue(backbone_state) -> None:
     theirs = authors_state_dict(backbone_state, c, dense_queue=40)
     cfg = authors_fima_config(theirs)
     assert cfg == {"embed_dim": DIM, "queue_size": K, "motion_queue_size": K, "dense_queue_size": 40}
+    assert authors_fima_config(convert_authors_state_dict(theirs)) == cfg  # the converted layout works too
     model = FimaPretrainer(fima_models.create_model("test_r2plus1d", num_classes=0), "fima", {**TINY, **cfg})
     model.load_state_dict(convert_authors_state_dict(theirs), strict=True)
     assert torch.equal(model.dense_queue.queue, theirs["module.queue_dense"].t()) and int(model.dense_queue.ptr) == 3

@@ -143,12 +143,18 @@ def authors_fima_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any
     """The ``fima`` config values a converted state dict needs: embedding width and queue sizes.
 
     Args:
-        state_dict: the authors' MoCo state dict (as given to :func:`convert_authors_state_dict`).
+        state_dict: the authors' MoCo state dict, or the result of :func:`convert_authors_state_dict`
+            (as returned by :func:`load_authors_checkpoint`).
 
     Returns:
         ``{"embed_dim", "queue_size", "motion_queue_size", "dense_queue_size"}``.
+
+    Raises:
+        AuthorsCheckpointError: if ``state_dict`` is neither.
     """
-    converted = convert_authors_state_dict(state_dict)
+    converted = state_dict if "queue.queue" in state_dict else convert_authors_state_dict(state_dict)
+    if "motion_queue.queue" not in converted:
+        raise AuthorsCheckpointError("the converted state dict has no motion_queue.queue; convert a FIMA (not MoCo) state dict")
     dense = converted.get("dense_queue.queue")
     return {
         "embed_dim": int(converted["queue.queue"].shape[1]),
