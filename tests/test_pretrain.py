@@ -299,3 +299,63 @@ def test_smoke_configs_run(name: str, motion_root: Path, tmp_path: Path) -> None
     )
     assert rc == 0
     assert len(read_csv(tmp_path / name / "metrics.csv")) == 2
+
+
+# ----------------------------------------------------------------------------- the authors' checkpoints
+def write_authors_checkpoint(path: Path, epoch: int, queue: int = 10) -> dict[str, torch.Tensor]:
+    """A ``checkpoint_XXXX.pth.tar`` of the authors' train.py for test_r3d with the sizes of TINY_HEADS."""
+    from tests.test_fima_authors import authors_state_dict
+
+    torch.manual_seed(5)
+    backbone = fima_models.create_model("test_r3d", num_classes=0)
+    theirs = authors_state_dict(
+        backbone.state_dict(), backbone.num_features, hidden=16, dim=8, d=16, ffn=16, layers=1, queue=queue, dense_queue=12,
+        make=lambda *shape: 0.1 * torch.randn(*shape),
+    )
+    torch.save({"epoch": epoch, "arch": "test_r3d", "state_dict": theirs, "optimizer": {"state": {}, "param_groups": []}}, path)
+    return theirs
+
+
+def test_init_from_authors_continues_their_run(motion_root: Path, tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint_0000.pth.tar"
+    theirs = write_authors_checkpoint(path, epoch=1)
+    # with lr 0 the query encoder's parameters stay the authors' ones: the weights really came from their file
+    frozen = tiny_config(motion_root)
+    frozen["optim"]["lr"] = 0.0
+    final = run_pretrain(frozen, tmp_path / "frozen", init_from_authors=path)
+    assert final.name == "checkpoint_00000004.pt"  # epoch 1 finished there: steps 3 and 4 remain
+    state = torch.load(final, weights_only=True)
+    params = [name for name, _ in fima_models.create_model("test_r3d", num_classes=0).named_parameters()]
+    for name in params:
+        assert torch.equal(state["model"][name], theirs[f"module.encoder_q.{name}"]), name
+    # the schedule continues where theirs stood: the same learning rates as steps 3-4 of a run from scratch
+    straight = tmp_path / "straight"
+    run_pretrain(tiny_config(motion_root), straight)
+    run_pretrain(tiny_config(motion_root), tmp_path / "continued", init_from_authors=path)
+    rows = read_csv(tmp_path / "continued" / "metrics.csv")
+    assert [r["step"] for r in rows] == ["3", "4"]
+    assert [r["lr"] for r in rows] == [r["lr"] for r in read_csv(straight / "metrics.csv")[2:]]
+    # a finished run folder is resumed, not re-initialised
+    assert run_pretrain(tiny_config(motion_root), tmp_path / "continued", init_from_authors=path).name == "checkpoint_00000004.pt"
+
+
+def test_init_from_authors_errors_name_the_fix(motion_root: Path, tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint_0000.pth.tar"
+    write_authors_checkpoint(path, epoch=1, queue=6)
+    with pytest.raises(ConfigError, match=r"fima\.queue_size=6 \(this run has 10\)"):
+        run_pretrain(tiny_config(motion_root), tmp_path / "sizes", init_from_authors=path)
+    assert not (tmp_path / "sizes").exists()  # refused before anything was written
+    write_authors_checkpoint(path, epoch=2)
+    with pytest.raises(ConfigError, match="finished 2 epochs; set train.epochs above 2"):
+        run_pretrain(tiny_config(motion_root), tmp_path / "done", init_from_authors=path)
+    assert not (tmp_path / "done").exists()
+    moco = tiny_config(motion_root)
+    moco["method"] = "moco"
+    with pytest.raises(ConfigError, match="needs method=fima"):
+        run_pretrain(moco, tmp_path / "moco", init_from_authors=path)
+    garbage = tmp_path / "garbage.pth.tar"
+    garbage.write_bytes(b"not a checkpoint")
+    argv = ["--config", str(CONFIGS / "smoke_fima.yaml"), "--out", str(tmp_path / "cli"), f"data.root={motion_root}",
+            "data.synthetic=null", "--init-from-authors", str(garbage)]
+    assert main(argv) == 2
+    assert not (tmp_path / "cli").exists()

@@ -14,6 +14,14 @@ function of ``(seed, epoch)``, augmentation of ``(seed, epoch, index)``, and eve
 state (model, key encoder, queues, optimizer, scheduler, scaler, RNG streams of every rank,
 position within the epoch, logger rows) is in the checkpoint.
 
+``--init-from-authors checkpoint_XXXX.pth.tar`` continues a run that was started with the FIMA
+authors' code: their MoCo module's weights, key encoder and queues are converted
+(:func:`train.fima.load_authors_checkpoint`) and loaded strictly, and training goes on at the
+checkpoint's epoch with the learning-rate schedule at that point. Their optimizer's momentum
+buffers are not carried over (their parameter order differs), so the first steps are not
+bit-identical to their continuation. When ``--out`` already holds a checkpoint of this run, that
+one is resumed instead.
+
 Outputs in ``--out``: ``config.yaml`` (resolved config), ``metrics.csv`` (one row per optimizer
 step: every loss term, lr, clips/s, data-wait fraction), ``tensorboard/``, ``loss_curve.png``,
 ``checkpoint_{step:08d}.pt`` (last K kept). Checkpoints are dicts
@@ -31,6 +39,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -60,6 +69,7 @@ from train.common.run_log import Progress, RunLogger, plot_losses, setup_console
 from train.common.sampling import ResumableBatchSampler
 from train.common.schema import PretrainConfig, check_pretrain
 from train.common.seed import SeededDataset, get_rng_state, seed_everything, set_rng_state
+from train.fima import AuthorsCheckpointError, authors_fima_config, load_authors_checkpoint
 from train.fima.model import FimaPretrainer
 
 __all__ = ["main", "run_pretrain", "build_parser", "NonFiniteLossError", "DEFAULTS", "CHECKPOINT_FORMAT"]
@@ -94,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto (default): resume from the newest checkpoint in --out if any; none: start over; or a checkpoint path",
     )
+    parser.add_argument(
+        "--init-from-authors",
+        metavar="CKPT",
+        help="continue a run started with the FIMA authors' code: their checkpoint_XXXX.pth.tar "
+        "(weights, key encoder, queues; training goes on at its epoch)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 train.epochs=10")
     return parser
 
@@ -112,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # the schema's defaults first, so every key can be overridden even when the YAML omits it
         cfg = resolve_config(load_yaml(args.config), args.overrides)
-        final = run_pretrain(cfg, Path(args.out), resume=args.resume)
-    except ConfigError as exc:
+        final = run_pretrain(cfg, Path(args.out), resume=args.resume, init_from_authors=args.init_from_authors)
+    except (ConfigError, AuthorsCheckpointError) as exc:
         logger.error("configuration error: %s", exc)
         return 2
     except (FileNotFoundError, CheckpointError) as exc:  # data set layout, unusable checkpoint
@@ -320,7 +336,9 @@ def _save(
 
 
 # --------------------------------------------------------------------------- run
-def run_pretrain(config: Mapping[str, Any], out_dir: str | Path, resume: str = "auto") -> Path:
+def run_pretrain(
+    config: Mapping[str, Any], out_dir: str | Path, resume: str = "auto", init_from_authors: str | Path | None = None
+) -> Path:
     """Pretrain with FIMA or MoCo and return the final checkpoint path.
 
     Works in one process or under torchrun (the process group is created from the environment
@@ -330,12 +348,15 @@ def run_pretrain(config: Mapping[str, Any], out_dir: str | Path, resume: str = "
         config: configuration dict (keys of :data:`DEFAULTS`; missing ones take defaults).
         out_dir: run folder.
         resume: ``"auto"``, ``"none"`` or a checkpoint path.
+        init_from_authors: a ``checkpoint_XXXX.pth.tar`` of the FIMA authors' ``train.py`` to
+            continue from when there is nothing to resume (see the module docstring).
 
     Returns:
         Path of the last checkpoint written (the final one, or the one at ``train.stop_after_steps``).
 
     Raises:
-        ConfigError: invalid configuration.
+        ConfigError: invalid configuration, or an authors' checkpoint that does not fit it.
+        AuthorsCheckpointError: ``init_from_authors`` is not a checkpoint of the authors' code.
         NonFiniteLossError: a loss became NaN/inf (the last good checkpoint stays in ``out_dir``).
     """
     cfg = resolve_config(config)
@@ -344,13 +365,15 @@ def run_pretrain(config: Mapping[str, Any], out_dir: str | Path, resume: str = "
     created_group = not torch.distributed.is_initialized()
     dist_info = init_distributed(str(cfg["device"]))
     try:
-        return _run(cfg, out_dir, resume, dist_info)
+        return _run(cfg, out_dir, resume, dist_info, init_from_authors)
     finally:
         if created_group:
             cleanup_distributed()
 
 
-def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -> Path:
+def _run(
+    cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo, init_from_authors: str | Path | None
+) -> Path:
     device = dist_info.device
     precision = resolve_precision(str(cfg["precision"]), device)
     tcfg = cfg["train"]
@@ -363,6 +386,11 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
     micro = micro_batch_size(cfg, dist_info.world_size)
     accum = int(tcfg["accum_steps"])
     resume_path, resume_state = _resume_state(resume, out_dir)
+    authors: tuple[dict[str, torch.Tensor], int] | None = None
+    if init_from_authors is not None and resume_path is None:
+        authors = _read_authors_checkpoint(Path(init_from_authors), cfg)
+    elif init_from_authors is not None:
+        logger.info("%s holds checkpoint %s: resuming it, --init-from-authors is not used", out_dir, resume_path)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -415,6 +443,12 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
                 f"epoch, this run has {steps_per_epoch}; resume with the same data, batch size and world size"
             )
         logger.info("resumed from %s at step %d (epoch %d, step %d of the epoch)", resume_path, step, start_epoch, start_step_in_epoch)
+    elif authors is not None:
+        start_epoch = _start_from_authors(
+            model, scheduler, authors, Path(str(init_from_authors)), str(get(cfg, "model.arch")), steps_per_epoch
+        )
+        step = start_epoch * steps_per_epoch
+        logger.info("continuing the authors' run %s at epoch %d (step %d)", init_from_authors, start_epoch, step)
 
     train_model: nn.Module = model
     if dist_info.distributed:
@@ -531,6 +565,57 @@ def _run(cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo) -
 
 def _check_resumable(path: Path, state: dict[str, Any]) -> None:
     ckpt.check_train_checkpoint(path, state, RESUME_STATE)
+
+
+def _read_authors_checkpoint(path: Path, cfg: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], int]:
+    """Read and convert an authors' checkpoint, checking that this run's sizes can hold it.
+
+    Raises:
+        ConfigError: the run is not FIMA, has no epochs left after the checkpoint's, or its queue
+            sizes or embedding width differ from the checkpoint's.
+        AuthorsCheckpointError: the file is not a checkpoint of the authors' ``train.py``.
+    """
+    if cfg["method"] != "fima":
+        raise ConfigError(f"--init-from-authors needs method=fima (the authors' module is FIMA); this run is {cfg['method']}")
+    state, epoch = load_authors_checkpoint(path)
+    epochs = int(cfg["train"]["epochs"])
+    if epoch >= epochs:
+        raise ConfigError(f"--init-from-authors {path} has finished {epoch} epochs; set train.epochs above {epoch} to continue")
+    ours = cfg["fima"]
+    wrong = [f"fima.{key}={value} (this run has {ours[key]})" for key, value in authors_fima_config(state).items() if ours[key] != value]
+    if wrong:
+        raise ConfigError(f"--init-from-authors {path} needs {', '.join(wrong)}; set those keys to the checkpoint's values")
+    return state, epoch
+
+
+def _start_from_authors(
+    model: FimaPretrainer,
+    scheduler: Any,
+    authors: tuple[dict[str, torch.Tensor], int],
+    path: Path,
+    arch: str,
+    steps_per_epoch: int,
+) -> int:
+    """Load the converted authors' state strictly and move the schedule to their epoch; returns that epoch."""
+    state, epoch = authors
+    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    if missing or unexpected:
+        raise ConfigError(
+            f"--init-from-authors {path} does not fit model.arch={arch}: missing keys "
+            f"{sorted(missing)[:5]} ({len(missing)}), unexpected keys {sorted(unexpected)[:5]} ({len(unexpected)}); "
+            "set model.arch to the backbone the authors' run trained"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # same keys, other shapes
+        raise ConfigError(f"--init-from-authors {path} does not fit this run: {str(exc).splitlines()[-1].strip()}") from None
+    steps = epoch * steps_per_epoch
+    with warnings.catch_warnings():
+        # the schedule is moved, not stepped by training: torch would warn that no optimizer step came first
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.last_epoch = steps - 1
+        scheduler.step()
+    return epoch
 
 
 def _resume_state(resume: str, out_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
