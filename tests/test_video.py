@@ -71,23 +71,28 @@ def test_arbitrary_indices_and_threads(encoded: tuple[Path, np.ndarray]) -> None
         np.testing.assert_array_equal(frames.numpy(), ref[idx])
 
 
+def count_decoded_pictures(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the pictures the reader decodes from now on; the count is element 0 of the returned list."""
+    decoded = [0]
+    frames_gen = video_module.decoded_frames
+
+    def counting_frames(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        for frame in frames_gen(*args, **kwargs):
+            decoded[0] += 1
+            yield frame
+
+    monkeypatch.setattr(video_module, "decoded_frames", counting_frames)
+    return decoded
+
+
 def test_clip_never_decodes_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_video(tmp_path / "long.mp4", make_frames(200, 32, 32, seed=1), codec="libx264", gop=GOP)
     reader = VideoReader(path)
     assert reader.fast_seek
-    decoded = 0
-    frames_gen = video_module.decoded_frames
-
-    def counting_frames(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        nonlocal decoded
-        for frame in frames_gen(*args, **kwargs):
-            decoded += 1
-            yield frame
-
-    monkeypatch.setattr(video_module, "decoded_frames", counting_frames)
+    decoded = count_decoded_pictures(monkeypatch)
     clip = reader.get_clip(170, 8)
     assert clip.shape[0] == 8
-    assert decoded <= 8 + 2 * GOP, f"decoded {decoded} frames to fetch 8"
+    assert decoded[0] <= 8 + 2 * GOP, f"decoded {decoded[0]} frames to fetch 8"
     # two clips far apart: one seek each, not the stretch in between
     decoded = 0
     reader.get_frames([5, 6, 190, 191])
@@ -322,18 +327,9 @@ def test_decode_pass_index_still_seeks(decode_order_file: tuple[Path, np.ndarray
     path, ref = decode_order_file
     reader = VideoReader(path)
     assert not reader.fast_seek and len(reader.frame_index.seek_points) > 3
-    decoded = 0
-    frames_gen = video_module.decoded_frames
-
-    def counting_frames(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        nonlocal decoded
-        for frame in frames_gen(*args, **kwargs):
-            decoded += 1
-            yield frame
-
-    monkeypatch.setattr(video_module, "decoded_frames", counting_frames)
+    decoded = count_decoded_pictures(monkeypatch)
     np.testing.assert_array_equal(reader.get_clip(len(ref) - 8, 8).numpy(), ref[-8:])
-    assert decoded <= 8 + 3 * 12, f"decoded {decoded} pictures to fetch 8"
+    assert decoded[0] <= 8 + 3 * 12, f"decoded {decoded[0]} pictures to fetch 8"
 
 
 def test_stale_decode_pass_index_raises(decode_order_file: tuple[Path, np.ndarray]) -> None:
