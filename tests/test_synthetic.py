@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,16 @@ def test_single_frames_do_not_tell_reversed_motions_apart(pair: tuple[str, str])
     a, b = _object_stats(pair[0], 40), _object_stats(pair[1], 40)
     spread = np.sqrt((a.var(0) + b.var(0)) / 40) + 1e-3
     assert (np.abs(a.mean(0) - b.mean(0)) < 4 * spread).all(), (a.mean(0), b.mean(0), spread)
+
+
+def test_generated_files_and_index_follow_the_umask(tmp_path: Path) -> None:
+    old_mask = os.umask(0o027)
+    try:
+        root = write_motion_dataset(tmp_path / "m", classes=["MoveLeft", "Static"], videos_per_class=4, num_frames=8,
+                                    size=32, seed=1, test_fraction=0.25, progress=False)
+        build_dataset("ucf101", root, split=1, train=True, progress=False)
+    finally:
+        os.umask(old_mask)
+    written = [root / "ucfTrainTestlist" / "classInd.txt", root / "ucfTrainTestlist" / "trainlist01.txt",
+               root / ".fima_index.json", next((root / "UCF-101").rglob("*.mp4"))]
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: 0o640 for p in written}

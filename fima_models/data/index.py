@@ -3,8 +3,8 @@
 :func:`build_index` probes every video once with :func:`fima_models.video.probe_video`
 (a demux pass and one decode pass, so frame counts are the decodable frames and files
 whose timestamps mislead get a frame table the readers use) in a thread or process pool
-with a tqdm progress bar and stores the result as JSON, written atomically (temporary
-file + ``os.replace``):
+with a tqdm progress bar and stores the result as JSON, written atomically
+(:func:`fima_models._atomic.atomic_write`):
 
 * beside the data: ``<root>/.fima_index.json`` when ``root`` is writable, else
 * in a cache dir: ``<cache_dir or ~/.cache/fima_models/index>/<hash of root>.json``.
@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
+from fima_models._atomic import atomic_write
 from fima_models.video import VideoDecodeError, probe_video
 
 __all__ = ["VideoIndex", "build_index", "index_path_for", "probe_entry", "probe_many", "INDEX_FILENAME"]
@@ -111,16 +111,7 @@ def _load(location: Path) -> dict[str, dict[str, Any]]:
 
 
 def _save(location: Path, entries: dict[str, dict[str, Any]]) -> None:
-    location.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=location.parent, prefix=f".{location.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"version": _VERSION, "entries": entries}, fh, sort_keys=True)
-        os.replace(tmp, location)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(location, lambda fh: json.dump({"version": _VERSION, "entries": entries}, fh, sort_keys=True), mode="w")
 
 
 def probe_entry(path: str, strict: bool = True) -> dict[str, Any]:

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from fima_models._atomic import atomic_write_text
 from fima_models.video import write_video
 
 __all__ = ["MOTION_CLASSES", "MotionClip", "MotionSpec", "dataset_clip", "render_motion_clip", "write_motion_dataset"]
@@ -270,18 +270,6 @@ def _write_one(job: tuple[str, str, int, int, int, int, int, str]) -> str:
     return rel
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _test_indices(videos_per_class: int, test_fraction: float, split: int) -> set[int]:
     """Test-set clip indices of one class for ``split`` (1-3): a rotating block."""
     n_test = int(round(videos_per_class * test_fraction))
@@ -378,7 +366,7 @@ def write_motion_dataset(
     bar.close()
     lists = root / "ucfTrainTestlist"
     lists.mkdir(exist_ok=True)
-    _atomic_text(lists / "classInd.txt", "".join(f"{i + 1} {name}\n" for i, name in enumerate(names)))
+    atomic_write_text(lists / "classInd.txt", "".join(f"{i + 1} {name}\n" for i, name in enumerate(names)))
     for split in (1, 2, 3):
         train_lines, test_lines = [], []
         for ci, name in enumerate(names):
@@ -389,9 +377,9 @@ def write_motion_dataset(
                     test_lines.append(f"{rel}\n")
                 else:
                     train_lines.append(f"{rel} {ci + 1}\n")
-        _atomic_text(lists / f"trainlist0{split}.txt", "".join(train_lines))
-        _atomic_text(lists / f"testlist0{split}.txt", "".join(test_lines))
-    _atomic_text(meta_path, json.dumps(params, indent=2) + "\n")
+        atomic_write_text(lists / f"trainlist0{split}.txt", "".join(train_lines))
+        atomic_write_text(lists / f"testlist0{split}.txt", "".join(test_lines))
+    atomic_write_text(meta_path, json.dumps(params, indent=2) + "\n")
     _LOGGER.info("wrote %d motion videos (%d classes) to %s", len(jobs), len(names), root)
     return root
 
