@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from safetensors.torch import save_file
 
-from fima_models._atomic import default_dir_mode, default_file_mode
+from fima_models._utils import default_dir_mode, default_file_mode
 from fima_models.checkpoint import (
     TRAIN_FORMAT, CheckpointError, ExtractedCheckpoint, load_backbone_state_dict, require_finite, summarize_keys,
 )

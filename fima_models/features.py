@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fima_models._atomic import atomic_write_bytes
+from fima_models._utils import atomic_write_bytes
 from fima_models.inference import optimize_for_inference
 from fima_models.transforms import EvalTransform
 from fima_models.video import VideoReader

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from fima_models._atomic import atomic_write
+from fima_models._utils import atomic_write
 from fima_models.checkpoint import (
     CheckpointError, ExtractedCheckpoint, extract_backbone, load_backbone_state_dict, require_finite, summarize_keys,
 )

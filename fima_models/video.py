@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from fima_models._atomic import default_file_mode
+from fima_models._utils import default_file_mode
 from fima_models.video_index import (
     DECODED,
     TIMESTAMPS,

@@ -39,8 +39,10 @@ from typing import Any, Iterator
 import av
 import av.error
 
+from fima_models._utils import describe_error
+
 __all__ = ["FrameIndex", "PacketScan", "scan_packets", "decode_index", "decoded_frames", "probe_index",
-           "display_rotation", "measured_fps", "describe_error", "TIMESTAMPS", "DECODED"]
+           "display_rotation", "measured_fps", "TIMESTAMPS", "DECODED"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,12 +53,6 @@ DECODED = "decoded"
 _PACKED_DIVX = re.compile(rb"DivX\d+(?:b|Build)\d+p")
 #: How many leading packets are searched for that user data (it sits in the first VOL/VOP headers).
 _PACKED_SEARCH_PACKETS = 4
-
-
-def describe_error(exc: BaseException) -> str:
-    """Short human-readable text of a PyAV/FFmpeg error."""
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).strip() or type(exc).__name__
 
 
 @dataclass(frozen=True)

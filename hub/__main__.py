@@ -4,7 +4,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from fima_models._atomic import describe_os_error
+from fima_models._utils import describe_os_error
 from hub.export import export_checkpoint
 from hub.publish import publish
 

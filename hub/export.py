@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from fima_models._atomic import atomic_write_text
+from fima_models._utils import atomic_write_text
 from fima_models.convert import ConversionResult, convert_checkpoint
 from fima_models.models import hub_id
 

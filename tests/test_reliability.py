@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import fima_models
-from fima_models import _atomic
+from fima_models._utils import atomic as _atomic
 from fima_models import features as F
 from fima_models.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
 from fima_models.cli import extract as cli_extract

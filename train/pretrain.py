@@ -51,7 +51,7 @@ import fima_models
 from fima_models.data import FimaClipPairSampler, build_dataset
 from fima_models.transforms import FimaViewTransform
 from train.common import checkpoint as ckpt
-from fima_models._atomic import describe_os_error
+from fima_models._utils import describe_os_error
 from fima_models.checkpoint import CheckpointError
 from train.common.config import ConfigError, get, load_yaml, resolve, save_config
 from train.common.distributed import (

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from fima_models._atomic import describe_os_error
+from fima_models._utils import describe_os_error
 from train.common.checkpoint import atomic_write_text
 from train.downstream.results import load_results, results_table
 

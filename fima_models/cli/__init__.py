@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Optional
 
-from fima_models._atomic import describe_os_error
+from fima_models._utils import describe_os_error
 
 __all__ = ['main', 'build_parser']
 

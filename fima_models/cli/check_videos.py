@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from fima_models._atomic import atomic_write_text, describe_os_error
+from fima_models._utils import atomic_write_text, describe_os_error
 from fima_models.cli.extract import LIST_EXTENSIONS, read_list
 from fima_models.data.datasets import VIDEO_EXTENSIONS
 from fima_models.data.index import probe_many

@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fima_models._atomic import FolderLock, atomic_write_bytes, describe_os_error
+from fima_models._utils import FolderLock, atomic_write_bytes, describe_os_error
 from fima_models.features import (
     FORMATS, LEVELS, POOLINGS, FeatureAccumulator, NonFiniteFeaturesError, build_transform, check_layer,
     extraction_config, iter_clip_chunks, load_model, pool_maps, prepare_clips, prepare_inference,

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any, Dict, List
 
-from fima_models._atomic import describe_os_error
+from fima_models._utils import describe_os_error
 from fima_models.convert import convert_checkpoint
 from fima_models.pretrained import (
     PretrainedWeightsUnavailable, download_pretrained, hub_cache_dir, torch_checkpoint_dir,

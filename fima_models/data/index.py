@@ -4,7 +4,7 @@
 (a demux pass and one decode pass, so frame counts are the decodable frames and files
 whose timestamps mislead get a frame table the readers use) in a thread or process pool
 with a tqdm progress bar and stores the result as JSON, written atomically
-(:func:`fima_models._atomic.atomic_write`):
+(:func:`fima_models._utils.atomic_write`):
 
 * beside the data: ``<root>/.fima_index.json`` when ``root`` is writable, else
 * in a cache dir: ``<cache_dir or ~/.cache/fima_models/index>/<hash of root>.json``.
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from fima_models._atomic import atomic_write
+from fima_models._utils import atomic_write
 from fima_models.video import VideoDecodeError, probe_video
 
 __all__ = ["VideoIndex", "build_index", "index_path_for", "probe_entry", "probe_many", "INDEX_FILENAME"]

@@ -37,7 +37,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from fima_models._atomic import atomic_write_text
+from fima_models._utils import atomic_write_text
 from fima_models.video import write_video
 
 __all__ = ["MOTION_CLASSES", "MotionClip", "MotionSpec", "dataset_clip", "render_motion_clip", "write_motion_dataset"]

@@ -1,6 +1,6 @@
 """Atomic checkpoint files, keep-last-K rotation and resume discovery.
 
-Files are written with :func:`fima_models._atomic.atomic_write` (a per-process unique temporary
+Files are written with :func:`fima_models._utils.atomic_write` (a per-process unique temporary
 name in the destination folder, flushed and renamed over the destination), so a crash never
 leaves a half-written checkpoint and concurrent writers never mix: a reader sees either the old
 file or the new one.
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from fima_models._atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from fima_models._utils import atomic_write, atomic_write_bytes, atomic_write_text
 from fima_models.checkpoint import TRAIN_FORMAT, CheckpointError, read_checkpoint
 
 __all__ = [

@@ -42,7 +42,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from fima_models._atomic import atomic_write_text
+from fima_models._utils import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -381,7 +381,7 @@ def dump_config(cfg: Mapping[str, Any]) -> str:
 
 
 def save_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
-    """Write a configuration as YAML, atomically (see :func:`fima_models._atomic.atomic_write`)."""
+    """Write a configuration as YAML, atomically (see :func:`fima_models._utils.atomic_write`)."""
     return atomic_write_text(Path(path), dump_config(cfg))
 
 

@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
     """Command-line entry point; ``argv[0]`` is the command name. Returns the exit status."""
     args = _parser().parse_args(argv)
     from fima_models import UnknownModelError
-    from fima_models._atomic import describe_os_error
+    from fima_models._utils import describe_os_error
     from fima_models.checkpoint import CheckpointError
 
     flags = {key: getattr(args, attr) for attr, key in _FLAG_KEYS.items()}

@@ -22,7 +22,7 @@ from typing import IO, Any, Callable, Optional, Union
 
 __all__ = [
     'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'default_file_mode', 'default_dir_mode',
-    'FolderLock', 'FolderLockedError', 'describe_os_error',
+    'FolderLock', 'FolderLockedError',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -52,25 +52,6 @@ def default_file_mode() -> int:
 def default_dir_mode() -> int:
     """Permissions ``mkdir`` gives a new folder: ``0777`` minus the umask."""
     return 0o777 & ~_umask()
-
-
-def describe_os_error(err: OSError, path: Optional[PathLike] = None) -> str:
-    """One line naming the path and what is wrong, with the fix for the usual causes."""
-    if err.errno is None:  # raised by our own code with a complete message
-        return str(err)
-    where = err.filename or path or '?'
-    hints = {
-        errno.ENOSPC: 'the disk is full; free space or choose another output folder',
-        errno.EDQUOT: 'the disk quota is exhausted; free space or choose another output folder',
-        errno.EROFS: 'the file system is read-only; choose a writable output folder',
-        errno.EACCES: 'permission denied; choose a folder you can write to',
-        errno.EPERM: 'permission denied; choose a folder you can write to',
-        errno.ENOTDIR: 'a part of the path is a file, not a folder; choose another path',
-        errno.EISDIR: 'it is a folder, not a file; pass a file path',
-        errno.ENAMETOOLONG: 'the name is too long; choose a shorter path',
-    }
-    hint = hints.get(err.errno or -1, err.strerror or str(err))
-    return f"cannot write '{where}': {hint}"
 
 
 def atomic_write(path: PathLike, writer: Callable[[IO[Any]], Any], mode: str = 'wb') -> Path:
