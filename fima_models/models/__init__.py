@@ -9,12 +9,12 @@ functions stay in their modules so that ``fima_models.models.s3d`` / ``.i3d`` na
 from . import i3d, resnet3d, s3d  # noqa: F401  (registers the models with timm)
 from ._builder import adapt_input_conv3d, build_video_model
 from ._layers import VideoBackbone, check_video_input
-from ._pretrained_cfg import VideoPretrainedCfg, hub_id, video_cfg
+from ._pretrained_cfg import VideoPretrainedCfg, hub_id, pretrained_cfg_dict, video_cfg
 from .i3d import I3D
 from .resnet3d import VideoResNet
 from .s3d import S3D
 
 __all__ = [
     'adapt_input_conv3d', 'build_video_model', 'VideoBackbone', 'check_video_input',
-    'VideoPretrainedCfg', 'hub_id', 'video_cfg', 'VideoResNet', 'S3D', 'I3D',
+    'VideoPretrainedCfg', 'hub_id', 'pretrained_cfg_dict', 'video_cfg', 'VideoResNet', 'S3D', 'I3D',
 ]

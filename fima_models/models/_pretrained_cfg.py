@@ -6,6 +6,7 @@ length they expect, whether the file has actually been published, and what they 
 :class:`VideoPretrainedCfg` adds those fields; timm's registry accepts it unchanged because it is
 a subclass.
 """
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -14,7 +15,7 @@ from timm.models import PretrainedCfg
 
 __all__ = [
     'VideoPretrainedCfg', 'video_cfg', 'hub_id', 'self_supervised_cfgs', 'KINETICS_MEAN', 'KINETICS_STD',
-    'FIMA_PAPER', 'FIMA_PAPER_ID',
+    'FIMA_PAPER', 'FIMA_PAPER_ID', 'pretrained_cfg_dict',
 ]
 
 #: Normalisation used by FIMA and by torchvision's Kinetics-400 video models.
@@ -101,3 +102,22 @@ def self_supervised_cfgs(
             description=f'{what} on {_DATASET_NAMES[dataset]} ({frames}x{size} clips), backbone only{source}; '
                         'produced by train/, not yet published.')
     return cfgs
+
+
+def pretrained_cfg_dict(source: Any) -> Dict[str, Any]:
+    """The pretrained configuration of a model, or a configuration itself, as a plain dict.
+
+    Args:
+        source: A model (its ``pretrained_cfg`` attribute is read), a :class:`PretrainedCfg`
+            dataclass, a mapping, or ``None``.
+
+    Returns:
+        A new dict (empty for ``None`` or a model without a configuration).
+    """
+    if source is not None and not isinstance(source, (dict, PretrainedCfg)) and hasattr(source, 'pretrained_cfg'):
+        source = source.pretrained_cfg
+    if source is None:
+        return {}
+    if dataclasses.is_dataclass(source):
+        return {f.name: getattr(source, f.name) for f in dataclasses.fields(source)}
+    return dict(source)
