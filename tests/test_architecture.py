@@ -11,6 +11,8 @@ because they never run. The rules (docs/architecture.md):
   submodules is how packages re-export, so that edge alone does not make a cycle).
 """
 import ast
+import re
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Set
 
@@ -185,3 +187,30 @@ def test_a_forbidden_arrow_is_found(tmp_path):
                       'train/__init__.py': '', 'hub/__init__.py': '', 'benchmarks/b.py': 'from tests import media\n'})
     assert sorted(forbidden_imports(tmp_path)) == [
         'benchmarks/b.py imports tests', 'fima_models/m.py imports train.pretrain']
+
+
+def _module_level_imports(path: Path) -> Set[str]:
+    tree = ast.parse(path.read_text(encoding='utf-8'))
+    names: Set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split('.')[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split('.')[0])
+    return names
+
+
+def test_library_imports_at_module_level_only_declared_dependencies():
+    """``pip install fima-models`` (no extras) must be enough to import every library module."""
+    tomllib = pytest.importorskip('tomllib', reason='tomllib needs Python 3.11')
+    project = tomllib.loads((ROOT / 'pyproject.toml').read_text(encoding='utf-8'))['project']
+    declared = {re.split(r'[<>=!~ ;\[]', dep, maxsplit=1)[0].lower().replace('-', '_')
+                for dep in project['dependencies']}
+    wrong = []
+    for path in sorted((ROOT / 'fima_models').rglob('*.py')):
+        for top in sorted(_module_level_imports(path)):
+            if top in sys.stdlib_module_names or top == 'fima_models' or top == '__future__':
+                continue
+            if top not in declared:
+                wrong.append(f'{path.relative_to(ROOT)} imports {top} at module level')
+    assert not wrong, 'not a runtime dependency in pyproject.toml:\n' + '\n'.join(wrong)
