@@ -22,7 +22,7 @@ from fima_models.data import (
     build_index,
     clip_indices,
 )
-import fima_models.video as video_module
+import fima_models.video.index as video_index_module
 from fima_models.video import VideoDecodeError, VideoReader
 from tests.media import HARD_CASES, make_frames, write_video
 
@@ -212,7 +212,7 @@ def test_dataset_reads_misleading_timestamps_exactly_from_the_stored_probe(
     def no_decode_pass(*args: object, **kwargs: object) -> None:
         raise AssertionError("the reader indexed the file again instead of using the stored probe")
 
-    monkeypatch.setattr(video_module, "decode_index", no_decode_pass)
+    monkeypatch.setattr(video_index_module, "decode_index", no_decode_pass)
     clips, _ = ds[0]
     np.testing.assert_array_equal(clips.numpy(), ref[sampler.indices(len(ref))])
 

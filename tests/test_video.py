@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import fima_models.video as video_module
+import fima_models.video.decode as decode_module
 from fima_models.video import FrameIndex, VideoDecodeError, VideoReader, probe_video
+from fima_models.video.decode import FrameDecoder
 from tests.media import CONTAINER_CODECS, HARD_CASES, codec_available, make_frames, write_video
 
 NUM_FRAMES = 60
@@ -74,14 +75,14 @@ def test_arbitrary_indices_and_threads(encoded: tuple[Path, np.ndarray]) -> None
 def count_decoded_pictures(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the pictures the reader decodes from now on; the count is element 0 of the returned list."""
     decoded = [0]
-    frames_gen = video_module.decoded_frames
+    frames_gen = decode_module.decoded_frames
 
     def counting_frames(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
         for frame in frames_gen(*args, **kwargs):
             decoded[0] += 1
             yield frame
 
-    monkeypatch.setattr(video_module, "decoded_frames", counting_frames)
+    monkeypatch.setattr(decode_module, "decoded_frames", counting_frames)
     return decoded
 
 
@@ -94,37 +95,43 @@ def test_clip_never_decodes_whole_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert clip.shape[0] == 8
     assert decoded[0] <= 8 + 2 * GOP, f"decoded {decoded[0]} frames to fetch 8"
     # two clips far apart: one seek each, not the stretch in between
-    decoded = 0
+    decoded[0] = 0
     reader.get_frames([5, 6, 190, 191])
-    assert decoded <= 4 + 4 * GOP
+    assert decoded[0] <= 4 + 4 * GOP, f"decoded {decoded[0]} frames to fetch 4 in two places"
 
 
-class _OvershootingReader(VideoReader):
-    """Simulates a demuxer that lands after the clip for the first ``n`` seeks."""
+def make_seeks_overshoot(monkeypatch: pytest.MonkeyPatch, overshoots: int) -> list[int | None]:
+    """Simulate a demuxer that lands after the clip for the first ``overshoots`` seeks.
 
-    def __init__(self, path: Path, overshoots: int) -> None:
-        self.overshoots = overshoots
-        self.seeks: list[int | None] = []
-        super().__init__(path)
+    Returns the list the seek points tried from now on are appended to (None: start of file).
+    """
+    seeks: list[int | None] = []
+    left = [overshoots]
+    decode_after_seek = FrameDecoder._decode_after_seek
 
-    def _decode_after_seek(self, seek_point, first, last, wanted, result):  # type: ignore[no-untyped-def]
-        self.seeks.append(seek_point)
-        if seek_point is not None and self.overshoots > 0:
-            self.overshoots -= 1
+    def overshooting(self, seek_point, first, last, wanted, result):  # type: ignore[no-untyped-def]
+        seeks.append(seek_point)
+        if seek_point is not None and left[0] > 0:
+            left[0] -= 1
             return "overshot"
-        return super()._decode_after_seek(seek_point, first, last, wanted, result)
+        return decode_after_seek(self, seek_point, first, last, wanted, result)
+
+    monkeypatch.setattr(FrameDecoder, "_decode_after_seek", overshooting)
+    return seeks
 
 
 @pytest.mark.parametrize("overshoots", [1, 10])
-def test_seek_overshoot_recovers_exactly(encoded: tuple[Path, np.ndarray], overshoots: int) -> None:
+def test_seek_overshoot_recovers_exactly(encoded: tuple[Path, np.ndarray], overshoots: int,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     path, ref = encoded
-    reader = _OvershootingReader(path, overshoots)
+    reader = VideoReader(path)
+    seeks = make_seeks_overshoot(monkeypatch, overshoots)
     clip = reader.get_clip(42, 6)
     np.testing.assert_array_equal(clip.numpy(), ref[42:48])
-    keys = [k for k in reader.seeks if k is not None]
+    keys = [k for k in seeks if k is not None]
     assert keys == sorted(keys, reverse=True) and len(set(keys)) == len(keys)  # each retry seeks earlier
     if overshoots > 3:
-        assert reader.seeks[-1] is None  # fell back to decoding from the start
+        assert seeks[-1] is None  # fell back to decoding from the start
 
 
 def test_variable_frame_rate_and_resampling(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ Two kinds of index exist:
     keyframe, counts pictures from it and checks each picture's timestamp against the index.
 
 :func:`scan_packets` makes the first, :func:`decode_index` the second; :func:`probe_index`
-runs both and tells whether the fast path is exact for a file.
+runs both and tells whether the fast path is exact for a file. :func:`load_index` gives a
+reader the index of its file: a stored one, else the cheapest one that is exact.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ import av
 import av.error
 
 from fima_models._utils import describe_error
+from fima_models.video.container import VideoFile
+from fima_models.video.errors import VideoDecodeError, decode_errors, decoding_failed
 
 __all__ = ["FrameIndex", "PacketScan", "scan_packets", "decode_index", "decoded_frames", "probe_index",
-           "display_rotation", "measured_fps", "TIMESTAMPS", "DECODED"]
+           "load_index", "decode_pass", "display_rotation", "measured_fps", "TIMESTAMPS", "DECODED"]
 
-_LOGGER = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 TIMESTAMPS = "timestamps"
 DECODED = "decoded"
@@ -141,7 +144,7 @@ def scan_packets(container: av.container.InputContainer, path: str | os.PathLike
             if packet.is_corrupt:
                 # A truncated file's last packet: it and every frame shown after it are lost
                 # (B-frames that follow it in decode order may reference it).
-                _LOGGER.warning("%s: corrupt packet at pts %s; the video ends there", path, packet.pts)
+                _logger.warning("%s: corrupt packet at pts %s; the video ends there", path, packet.pts)
                 scan.truncated = True
                 if packet.pts is not None:
                     cut = packet.pts
@@ -162,7 +165,7 @@ def scan_packets(container: av.container.InputContainer, path: str | os.PathLike
     except av.error.FFmpegError as exc:
         if not pts:
             raise
-        _LOGGER.warning("%s: demuxing stopped early (%s); using %d packets", path, describe_error(exc), len(pts))
+        _logger.warning("%s: demuxing stopped early (%s); using %d packets", path, describe_error(exc), len(pts))
         scan.truncated = True
     scan.packets = len(pts)
     if any(p is None for p in pts):
@@ -284,7 +287,7 @@ def display_rotation(frame: av.VideoFrame, path: str | os.PathLike[str]) -> int:
     angle = float(frame.rotation or 0)
     quarter = round(angle / 90.0)
     if abs(angle - 90.0 * quarter) > 1.0:
-        _LOGGER.warning("%s: display rotation of %.1f degrees is not a multiple of 90; ignoring it", path, angle)
+        _logger.warning("%s: display rotation of %.1f degrees is not a multiple of 90; ignoring it", path, angle)
         return 0
     return int(quarter % 4) * 90
 
@@ -296,3 +299,67 @@ def measured_fps(pts: Any, time_base: Fraction) -> float | None:
         return None
     span = float((max(known) - min(known)) * time_base)
     return (len(known) - 1) / span if span > 0 else None
+
+
+def load_index(file: VideoFile, given: FrameIndex | dict[str, Any] | None = None) -> FrameIndex:
+    """The frame index of ``file``: the one given, else a demux pass, else (untrusted timestamps) a decode pass.
+
+    Args:
+        file: the video file.
+        given: a :class:`FrameIndex`, or its :meth:`FrameIndex.to_dict` form (a ``timestamps``
+            one is rebuilt by a demux pass and kept only while the file still has that many frames).
+
+    Raises:
+        VideoDecodeError: demuxing or decoding failed, or the stream holds no frame.
+    """
+    if isinstance(given, FrameIndex):
+        return given
+    if given is not None and given.get("mode") == DECODED:
+        return FrameIndex(DECODED, tuple(given["pts"]), tuple(given["seek_points"]),
+                          int(given.get("rotation", 0)), str(given.get("reason", "")))
+    container = file.open()
+    try:
+        scan = scan_packets(container, file.path)
+    except av.error.FFmpegError as exc:
+        file.rewind()
+        raise VideoDecodeError(file.path, f"demuxing failed ({describe_error(exc)})") from exc
+    if scan.packets == 0:
+        raise VideoDecodeError(file.path, "the video stream contains no frames")
+    if given is not None and not scan.distrust and len(scan.sorted_pts) == int(given["num_frames"]):
+        return scan.frame_index(int(given.get("rotation", 0)))
+    if given is not None:
+        _logger.warning("%s: the file no longer matches its stored index; indexing it again", file.path)
+    if scan.distrust:
+        _logger.info("%s: %s; indexing the frames by decoding the file once", file.path, scan.distrust)
+        return decode_pass(file, scan.distrust)
+    return scan.frame_index(_first_rotation(file, scan.key_pts[0]))
+
+
+def decode_pass(file: VideoFile, reason: str) -> FrameIndex:
+    """Index ``file`` by decoding it once (no pixel conversion), from a freshly opened container.
+
+    Raises:
+        VideoDecodeError: decoding failed or a picture is flagged corrupt.
+    """
+    try:
+        with decode_errors(file.path):
+            return decode_index(file.reopen(), file.path, reason)
+    finally:
+        file.rewind()
+
+
+def _first_rotation(file: VideoFile, key_pts: int) -> int:
+    """Display rotation, read from the display matrix of the picture at keyframe ``key_pts``.
+
+    Seeking the already open container is much cheaper than opening the file again.
+    """
+    container = file.open()
+    try:
+        container.seek(key_pts, stream=container.streams.video[0], backward=True, any_frame=False)
+        frame = next(iter(decoded_frames(container)), None)
+    except av.error.FFmpegError as exc:
+        file.rewind()
+        raise decoding_failed(file.path, exc) from exc
+    if frame is None:
+        raise VideoDecodeError(file.path, "the decoder produced no picture")
+    return display_rotation(frame, file.path)
