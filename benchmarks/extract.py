@@ -4,7 +4,7 @@ The extraction pipeline decodes and transforms clips in DataLoader workers while
 so its end-to-end clips/s should come close to the clips/s of the model on ready-made batches of
 the same shape. This script generates a folder of H.264 videos, measures
 
-* ``model``: clips/s of :class:`fima_models.features.FeatureRunner` on ready, transformed batches
+* ``model``: clips/s of :class:`fima_models.extract.FeatureRunner` on ready, transformed batches
   (the same runner, batch size, clip shape, device and precision the command uses), measured
   before and after the end-to-end run and averaged, after warm-up iterations;
 * ``extract``: clips/s of ``fima-models extract`` (run as its own process, as a user would) on the
@@ -33,20 +33,32 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fima_models.features import build_transform, clip_starts, load_model, prepare_inference, read_clip  # noqa: E402
-from fima_models.video import VideoReader  # noqa: E402
-from tests.media import make_frames, write_video  # noqa: E402
+from fima_models._utils import PRECISIONS  # noqa: E402
+from fima_models.extract import build_transform, clip_starts, load_model, prepare_inference, read_clip  # noqa: E402
+from fima_models.video import VideoReader, write_video  # noqa: E402
+
+
+def moving_pattern(frames: int, height: int, width: int, seed: int) -> np.ndarray:
+    """uint8 ``[frames, height, width, 3]``: a seeded colour pattern that drifts, so every frame differs."""
+    rng = np.random.default_rng(seed)
+    freq = rng.uniform(1.0, 4.0, size=(3, 2)).astype(np.float32)
+    t = np.arange(frames, dtype=np.float32)[:, None, None, None] / 16
+    y = np.linspace(0, 2 * np.pi, height, dtype=np.float32)[None, :, None, None]
+    x = np.linspace(0, 2 * np.pi, width, dtype=np.float32)[None, None, :, None]
+    wave = np.sin(freq[:, 0] * (x + t) + freq[:, 1] * y)  # broadcasts over the 3 channels
+    return ((wave + 1) * 127.5).astype(np.uint8)
 
 
 def make_videos(folder: Path, count: int, frames: int, height: int, width: int, fps: int) -> List[Path]:
     """Write ``count`` H.264 videos of ``frames`` frames (each with its own content)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_video(folder / f'video_{i:03d}.mp4', make_frames(frames, height, width, seed=i), fps=fps, gop=32)
+    return [write_video(folder / f'video_{i:03d}.mp4', moving_pattern(frames, height, width, seed=i), fps=fps, gop=32)
             for i in range(count)]
 
 
@@ -72,8 +84,7 @@ def bench_model(name: str, args: argparse.Namespace, videos: List[Path], work: P
     """Model-only and end-to-end throughput of one model."""
     model = load_model(name, pretrained=False)
     transform = build_transform(model, size=args.size)
-    runner = prepare_inference(model, device=args.device, amp=None if args.amp == 'none' else args.amp,
-                               channels_last=args.channels_last)
+    runner = prepare_inference(model, device=args.device, precision=args.precision, channels_last=args.channels_last)
     reader = VideoReader(videos[0])
     starts = list(clip_starts(reader.num_frames, args.clip_len, args.clip_len))[:args.batch_size]
     clips = [read_clip(reader, start, args.clip_len)[0] for start in starts]
@@ -85,7 +96,7 @@ def bench_model(name: str, args: argparse.Namespace, videos: List[Path], work: P
     out = work / f'out_{name}'
     argv = [str(work / 'videos'), '--model', name, '--no-pretrained', '--out', str(out), '--overwrite',
             '--clip-len', str(args.clip_len), '--stride', str(args.clip_len), '--size', str(args.size),
-            '--batch-size', str(args.batch_size), '--workers', str(args.workers), '--amp', args.amp,
+            '--batch-size', str(args.batch_size), '--workers', str(args.workers), '--precision', args.precision,
             '--no-progress']
     if args.device:
         argv += ['--device', args.device]
@@ -147,7 +158,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument('--device', default=None)
-    parser.add_argument('--amp', choices=('none', 'bf16'), default='none')
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32')
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--iters', type=int, default=3, help='timed model-only batches (each side)')
     parser.add_argument('--warmup', type=int, default=1)
@@ -167,7 +178,7 @@ def main(argv: List[str] | None = None) -> int:
           f"{', ' + info['gpu'] if 'gpu' in info else ''}; python {info['python']}, torch {info['torch']}, "
           f"timm {info['timm']}, av {info['av']}")
     print(f'{args.videos} videos x {args.frames} frames {args.width}x{args.height}, batch {args.batch_size}, '
-          f'{args.workers} workers, device {args.device}, amp {args.amp}')
+          f'{args.workers} workers, device {args.device}, precision {args.precision}')
     print('| model | clip | clips | model-only clips/s | extract clips/s | ratio |')
     print('|---|---|---|---|---|---|')
     for r in results:

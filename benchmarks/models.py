@@ -66,8 +66,6 @@ from fima_models.inference import (  # noqa: E402
 )
 from fima_models.models.i3d import MaxPool3dSame, Unit3d  # noqa: E402
 
-_LOGGER = logging.getLogger('benchmarks.models')
-
 MODELS = ('r3d_18', 'mc3_18', 'r2plus1d_18', 's3d', 'i3d')
 SETTINGS = ('fp32', 'channels_last', 'compile', 'compile_freeze', 'fold', 'fold_cl', 'fast', 'fast_compile', 'bf16')
 TRAIN_SETTINGS = ('fp32', 'channels_last')

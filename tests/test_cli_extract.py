@@ -13,8 +13,12 @@ import pytest
 import torch
 
 import fima_models
-from fima_models import features as F
+from fima_models import extract as F
+from fima_models._utils import hardware
 from fima_models.cli import extract as cli_extract
+from fima_models.extract.clips import raw_clip_limit, prepare_clips
+from fima_models.extract.inputs import collect_inputs
+from fima_models.extract.workers import ClipBatchDataset, ClipQueue
 from tests.media import make_frames, write_video
 
 FPS = 20
@@ -52,9 +56,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_cli(argv: List[str]) -> int:
     """Parse ``fima-models extract ARGV`` with the command's own parser and run it."""
     parser = argparse.ArgumentParser(prog='fima-models')
-    cli_extract.register(parser.add_subparsers(dest='command'))
-    args = parser.parse_args(['extract', *argv])
-    return args.func(args)
+    cli_extract.add_parser(parser.add_subparsers(dest='command'))
+    return cli_extract.run(parser.parse_args(['extract', *argv]))
 
 
 def summary_of(out: Path) -> dict:
@@ -185,17 +188,28 @@ def test_colliding_output_names_are_reported(tmp_path: Path) -> None:
     frames = make_frames(8, 32, 32)
     write_video(a / 'clip.mp4', frames, fps=FPS)
     write_video(b / 'clip.mp4', frames, fps=FPS)
-    jobs, problems = cli_extract.collect_inputs([str(a / 'clip.mp4'), str(b / 'clip.mp4'), str(a / 'clip.mp4')])
+    jobs, problems = collect_inputs([str(a / 'clip.mp4'), str(b / 'clip.mp4'), str(a / 'clip.mp4')])
     assert [j.path for j in jobs] == [a / 'clip.mp4']
     assert len(problems) == 1 and 'already used' in problems[0]['reason']
 
 
 def test_bf16_on_a_cpu_without_native_support_is_refused(video_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(F, 'cpu_has_native_bf16', lambda: False)
-    with pytest.raises(ValueError, match='avx512_bf16.*drop --amp bf16'):
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: False)
+    with pytest.raises(ValueError, match='avx512_bf16.*Use precision fp32 or auto'):
         run_cli([str(video_dir / 'short.mp4'), '--out', str(tmp_path / 'o'), *BASE, '--device', 'cpu',
-                 '--amp', 'bf16'])
+                 '--precision', 'bf16'])
     assert not (tmp_path / 'o').exists()
+    with pytest.raises(SystemExit):  # the earlier --amp flag is gone
+        run_cli([str(video_dir / 'short.mp4'), '--out', str(tmp_path / 'o'), *BASE, '--amp', 'bf16'])
+
+
+def test_precision_auto_resolves_before_it_is_recorded(video_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: False)
+    out = tmp_path / 'out'
+    assert run_cli([str(video_dir / 'short.mp4'), '--out', str(out), *BASE, '--workers', '0', '--device', 'cpu',
+                    '--precision', 'auto']) == 0
+    assert summary_of(out)['config']['precision'] == 'fp32'  # auto on a CPU without native bf16
+    assert json.loads((out / 'short.npy.json').read_text())['extraction']['precision'] == 'fp32'
 
 
 def test_invalid_arguments(video_dir: Path, tmp_path: Path) -> None:
@@ -257,27 +271,27 @@ def test_workers_can_leave_the_transform_to_the_device(video_dir: Path, tmp_path
     mid, broken = video_dir / 'sub' / 'deeper' / 'mid.mp4', video_dir / 'broken.mp4'
     jobs = [(0, str(mid)), (1, str(other)), (2, str(broken))]
     kw = dict(clip_len=8, stride=8, step=1, batch_size=3)
-    cooked = list(cli_extract.ClipBatchDataset(jobs, transform, **kw))  # CPU: the workers transform all
-    assert F.raw_clip_limit(torch.device('cpu'), 8, 32) == 0
-    limit = F.raw_clip_limit(torch.device('cuda'), 8, 32)  # float32 size of a transformed clip
+    cooked = list(ClipBatchDataset(jobs, transform, **kw))  # CPU: the workers transform all
+    assert raw_clip_limit(torch.device('cpu'), 8, 32) == 0
+    limit = raw_clip_limit(torch.device('cuda'), 8, 32)  # float32 size of a transformed clip
     assert 8 * 32 * 32 * 3 <= limit < 8 * 32 * 160 * 3
-    raw = list(cli_extract.ClipBatchDataset(jobs, transform, raw_max_bytes=limit, **kw))
+    raw = list(ClipBatchDataset(jobs, transform, raw_max_bytes=limit, **kw))
     assert [b.videos.tolist() for b in raw] == [b.videos.tolist() for b in cooked] == [[0, 0, 1], []]
     assert isinstance(cooked[0].clips, torch.Tensor) and cooked[0].clips.dtype == torch.float32
     assert isinstance(raw[0].clips, list)  # raw 32x32 clips; the 32x160 clip is transformed in the worker
     assert [c.dtype for c in raw[0].clips] == [torch.uint8, torch.uint8, torch.float32]
     assert [(e['video'], e['status']) for b in raw for e in b.events] == [(0, 'done'), (1, 'done'), (2, 'failed')]
-    torch.testing.assert_close(F.prepare_clips(raw[0].clips, transform, torch.device('cpu')), cooked[0].clips)
-    assert F.prepare_clips(cooked[0].clips, transform, torch.device('cpu')) is cooked[0].clips
+    torch.testing.assert_close(prepare_clips(raw[0].clips, transform, torch.device('cpu')), cooked[0].clips)
+    assert prepare_clips(cooked[0].clips, transform, torch.device('cpu')) is cooked[0].clips
 
-    same_size = list(cli_extract.ClipBatchDataset(jobs[:1], transform, raw_max_bytes=limit, **kw))
+    same_size = list(ClipBatchDataset(jobs[:1], transform, raw_max_bytes=limit, **kw))
     assert same_size[0].clips.shape == (2, 8, 32, 32, 3)  # one shape and type: stacked
-    torch.testing.assert_close(F.prepare_clips(same_size[0].clips, transform, torch.device('cpu')),
+    torch.testing.assert_close(prepare_clips(same_size[0].clips, transform, torch.device('cpu')),
                                cooked[0].clips[:2])
 
 
 def test_clip_queue_makes_exact_batches_and_releases_events_after_their_clips() -> None:
-    queue = cli_extract._ClipQueue(batch_size=4)
+    queue = ClipQueue(batch_size=4)
     meta = lambda video, n: torch.tensor([[video, i, i + 1] for i in range(n)])  # noqa: E731
     queue.put(torch.zeros(3, 2), meta(0, 3))
     queue.mark({'video': 0, 'status': 'done'})

@@ -1,4 +1,4 @@
-"""Tests of the feature-extraction API (fima_models.features) on tiny videos the tests encode."""
+"""Tests of the feature-extraction API (fima_models.extract) on tiny videos the tests encode."""
 import json
 from pathlib import Path
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import fima_models
-from fima_models import features as F
+from fima_models import extract as F
+from fima_models._utils import hardware
+from fima_models.extract.clips import is_padded, iter_clip_chunks
 from fima_models.video import VideoDecodeError, VideoReader
 from tests.media import make_frames, write_video
 
@@ -46,6 +48,8 @@ def test_clip_starts_and_indices() -> None:
     assert list(F.clip_starts(40, 16, 16)) == [0, 16]  # frames 32..39 do not fill a clip
     assert list(F.clip_starts(40, 8, 4, step=2)) == [0, 4, 8, 12, 16, 20, 24]  # span 15 frames
     assert list(F.clip_starts(5, 8, 8)) == [0]  # shorter than one clip: one padded clip
+    assert list(F.clip_starts(14, 8, 1, step=2)) == [0] and is_padded(14, 8, step=2)  # span 15 > 14 frames
+    assert list(F.clip_starts(15, 8, 1, step=2)) == [0] and not is_padded(15, 8, step=2)
     assert F.clip_frame_indices(0, 5, 8) == ([0, 1, 2, 3, 4, 4, 4, 4], 5)
     assert F.clip_frame_indices(2, 10, 4, step=3) == ([2, 5, 8, 9], 9)
     with pytest.raises(ValueError, match='stride'):
@@ -232,39 +236,31 @@ def test_save_load_round_trip_and_unfinished_outputs(model, videos, tmp_path: Pa
     assert F.read_sidecar(path) is None
 
 
-def test_bf16_is_refused_on_cpus_that_would_emulate_it(monkeypatch, caplog) -> None:
-    cpu = torch.device('cpu')
-    monkeypatch.setattr(F, 'cpu_has_native_bf16', lambda: False)
-    with pytest.raises(ValueError, match='no native bfloat16.*drop --amp bf16'):
-        F.resolve_amp('bf16', cpu)
+def test_precision_bf16_is_refused_on_cpus_that_would_emulate_it(model, videos, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: False)
+    with pytest.raises(ValueError, match='no native bfloat16.*Use precision fp32 or auto'):
+        F.prepare_inference(model, device='cpu', precision='bf16', optimize=False)
+    with pytest.raises(ValueError, match='no native bfloat16'):
+        F.extract_features(model, videos['short'], clip_len=4, precision='bf16', device='cpu')
     with caplog.at_level('WARNING'):
-        assert F.resolve_amp('bf16', cpu, allow_slow=True) is torch.bfloat16
-    assert 'emulated' in caplog.text
-    monkeypatch.setattr(F, 'cpu_has_native_bf16', lambda: True)
-    assert F.resolve_amp('bf16', cpu) is torch.bfloat16
-    assert F.resolve_amp(None, cpu) is None and F.resolve_amp('none', cpu) is None
-    with pytest.raises(ValueError, match='unknown amp'):
-        F.resolve_amp('fp8', cpu)
-
-
-def test_native_bf16_detection_matches_cpu_flags() -> None:
-    flags = set()
-    for line in Path('/proc/cpuinfo').read_text().splitlines() if Path('/proc/cpuinfo').exists() else []:
-        if line.lower().startswith(('flags', 'features')):
-            flags = set(line.split(':', 1)[1].split())
-            break
-    if not flags:
-        pytest.skip('no /proc/cpuinfo flags on this machine')
-    expected = bool(flags & {'avx512_bf16', 'amx_bf16', 'bf16'})
-    assert F.cpu_has_native_bf16() == expected
+        runner = F.prepare_inference(model, device='cpu', precision='bf16', allow_emulated=True, optimize=False)
+    assert runner.precision == 'bf16' and 'emulated' in caplog.text
+    assert F.prepare_inference(model, device='cpu', precision='auto', optimize=False).precision == 'fp32'
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: True)
+    assert F.prepare_inference(model, device='cpu', precision='bf16', optimize=False).precision == 'bf16'
+    assert F.prepare_inference(model, device='cpu', precision='auto', optimize=False).precision == 'bf16'
+    assert F.prepare_inference(model, device='cpu', optimize=False).precision == 'fp32'
+    with pytest.raises(ValueError, match='unknown precision'):
+        F.prepare_inference(model, device='cpu', precision='fp8')
 
 
 def test_bf16_autocast_runs_when_allowed(model: torch.nn.Module, videos: dict, monkeypatch) -> None:
-    monkeypatch.setattr(F, 'cpu_has_native_bf16', lambda: True)
-    result = F.extract_features(model, videos['short'], clip_len=4, amp='bf16', device='cpu')
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: True)
+    result = F.extract_features(model, videos['short'], clip_len=4, precision='bf16', device='cpu')
     reference = F.extract_features(model, videos['short'], clip_len=4, device='cpu')
     assert result.features.dtype == torch.float32
-    assert result.config['amp'] == 'bf16'
+    assert result.config['precision'] == 'bf16' and reference.config['precision'] == 'fp32'
+    assert not torch.equal(result.features, reference.features)  # autocast really ran
     torch.testing.assert_close(result.features, reference.features, rtol=0.1, atol=0.05)
 
 
@@ -284,13 +280,13 @@ def test_pool_maps_rejects_non_video_maps() -> None:
 
 def test_clips_are_decoded_in_bounded_chunks(videos: dict) -> None:
     reader = VideoReader(videos['long'])
-    chunks = list(F.iter_clip_chunks(reader, clip_len=8, stride=8, max_clips=3))
+    chunks = list(iter_clip_chunks(reader, clip_len=8, stride=8, max_clips=3))
     assert [c[1] for c in chunks] == [[0, 8, 16], [24, 32]]
     assert [c[2] for c in chunks] == [[8, 16, 24], [32, 40]]
     assert chunks[1][0].shape == (2, 8, 32, 48, 3) and chunks[1][0].dtype == torch.uint8
     assert torch.equal(chunks[1][0][0], reader.get_clip(24, 8))
     one_clip = 8 * 32 * 48 * 3
-    small = list(F.iter_clip_chunks(reader, clip_len=8, stride=8, max_clips=3, max_bytes=2 * one_clip - 1))
+    small = list(iter_clip_chunks(reader, clip_len=8, stride=8, max_clips=3, max_bytes=2 * one_clip - 1))
     assert [len(c[1]) for c in small] == [1] * 5  # the memory bound wins over max_clips
     frames, end = F.read_clip(VideoReader(videos['short']), 0, 8)
     assert end == 5 and torch.equal(frames[5:], frames[4:5].expand(3, -1, -1, -1))

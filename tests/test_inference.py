@@ -1,13 +1,14 @@
 """The fast inference path: equal outputs, BatchNorm folding, 2-D convs on views, plans, caching."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
 import fima_models
-from fima_models import features
 from fima_models import inference
+from fima_models._utils import cpu_has_native_bf16, hardware
 from fima_models.inference import (
     BF16_TOLERANCE, FP32_TOLERANCE, Conv3dAs2d, InferencePlan, configure_allocator, factorise_convs,
     fold_batchnorm, optimize_for_inference, output_mismatch, plan_inference,
@@ -177,15 +178,26 @@ def test_factorise_convs_skips_full_3d_kernels():
 
 
 def test_plan_never_picks_emulated_bf16(monkeypatch):
-    monkeypatch.setattr(features, 'cpu_has_native_bf16', lambda: False)
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: False)
     assert plan_inference('cpu', precision='auto').precision == 'fp32'
     with pytest.raises(ValueError, match='native bfloat16'):
         plan_inference('cpu', precision='bf16')
-    monkeypatch.setattr(features, 'cpu_has_native_bf16', lambda: True)
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: True)
     assert plan_inference('cpu', precision='auto').precision == 'bf16'
     assert plan_inference('cpu').precision == 'fp32'
     with pytest.raises(ValueError, match='unknown precision'):
         plan_inference('cpu', precision='fp8')
+
+
+def test_native_bf16_detection_matches_cpu_flags() -> None:
+    flags = set()
+    for line in Path('/proc/cpuinfo').read_text().splitlines() if Path('/proc/cpuinfo').exists() else []:
+        if line.lower().startswith(('flags', 'features')):
+            flags = set(line.split(':', 1)[1].split())
+            break
+    if not flags:
+        pytest.skip('no /proc/cpuinfo flags on this machine')
+    assert cpu_has_native_bf16() == bool(flags & {'avx512_bf16', 'amx_bf16', 'bf16'})
 
 
 def test_plan_rules_per_device():
@@ -202,7 +214,7 @@ def test_plan_rules_per_device():
 
 
 def test_bf16_plan_autocasts_and_returns_fp32(monkeypatch):
-    monkeypatch.setattr(features, 'cpu_has_native_bf16', lambda: True)
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: True)
     model = _model('test_r3d')
     fast = optimize_for_inference(model, example_shape=CLIP, precision='auto')
     assert fast.inference_plan.precision == 'bf16' and fast.inference_plan.tolerance == BF16_TOLERANCE
@@ -265,7 +277,7 @@ def test_output_mismatch():
 
 def test_configure_allocator_reports_whether_applied():
     applied = configure_allocator()
-    assert applied == inference._glibc()
+    assert applied == inference.plan._glibc()
     assert inference.allocator_configured() == applied
     x = torch.randn(1 << 20)  # large allocations still work afterwards
     assert float((x * 0 + 1).sum()) == float(1 << 20)

@@ -17,12 +17,11 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from fima_models._utils import atomic_write_text, describe_os_error
-from fima_models.cli.extract import LIST_EXTENSIONS, read_list
-from fima_models.data.datasets import VIDEO_EXTENSIONS
+from fima_models._utils import VIDEO_EXTENSIONS, atomic_write_text, describe_os_error
 from fima_models.data.index import probe_many
+from fima_models.extract.inputs import find_videos, is_list_file, read_list
 
-__all__ = ['register', 'run_check_videos', 'collect_videos', 'format_table']
+__all__ = ['add_parser', 'run', 'collect_videos', 'format_table']
 
 _COLUMNS = ('file', 'status', 'frames', 'claimed', 'fps', 'seconds', 'size', 'codec', 'rotation', 'fast seek',
             'reason')
@@ -42,12 +41,12 @@ def collect_videos(inputs: Sequence[str]) -> Tuple[List[Path], List[Dict[str, An
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            found = find_videos(path)
             if not found:
                 problems.append(_bad_row(path, 'a directory, not a video file, and it holds no video files '
                                                f"({' '.join(VIDEO_EXTENSIONS)})"))
             candidates += found
-        elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+        elif is_list_file(path):
             candidates += list(read_list(path))
         else:
             candidates.append(path)
@@ -92,7 +91,7 @@ def format_table(rows: Sequence[Dict[str, Any]]) -> str:
                      for line in lines).rstrip()
 
 
-def run_check_videos(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Probe every video, print the table (and write the JSON report); 1 if any file is bad."""
     if args.workers is not None and args.workers < 0:
         raise ValueError(f'--workers must be 0 or more, got {args.workers}')
@@ -121,7 +120,7 @@ def run_check_videos(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``check-videos`` to the ``fima-models`` command line."""
     p = subparsers.add_parser(
         'check-videos', help='probe videos: decodable, frame counts, rate, size, codec, rotation, fast seek',
@@ -134,4 +133,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help='accept pictures whose bitstream errors the decoder conceals (strict by default, '
                         'as the readers are)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
-    p.set_defaults(func=run_check_videos)
+    return p
