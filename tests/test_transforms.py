@@ -1,4 +1,4 @@
-"""Tests of fima_models.transforms: functional ops, crop geometry, composed transforms."""
+"""Tests of fima_models.transforms: functional ops, crop geometry, the train / eval presets."""
 
 from __future__ import annotations
 
@@ -6,21 +6,14 @@ import pytest
 import torch
 
 from fima_models import transforms as T
+from fima_models._utils import KINETICS_MEAN, KINETICS_STD
+from tests.media import coordinate_clip
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _coord_clip(t: int = 4, h: int = 60, w: int = 90) -> torch.Tensor:
-    """uint8 [T, H, W, 3] whose R channel is 2*x and G channel is 2*y (B: frame index)."""
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    frame = torch.stack([2 * xs, 2 * ys, torch.zeros_like(xs)], dim=-1)
-    clip = frame.expand(t, h, w, 3).clone()
-    clip[..., 2] = torch.arange(t).view(t, 1, 1) * 10
-    return clip.to(torch.uint8)
 
 
 def test_to_float_layout() -> None:
@@ -84,8 +77,8 @@ def test_batched_per_clip_parameters_match_loop(device: str) -> None:
     const = torch.full((3, 2, 9, 9), 0.4, device=device)
     torch.testing.assert_close(T.gaussian_blur(const, 1.5), const)
     normed = T.normalize(x)
-    mean = torch.tensor(T.FIMA_MEAN, device=device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(T.FIMA_STD, device=device).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(KINETICS_MEAN, device=device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(KINETICS_STD, device=device).view(1, 3, 1, 1, 1)
     torch.testing.assert_close(normed * std + mean, x)
 
 
@@ -107,65 +100,6 @@ def test_random_resized_crop_params_bounds_and_determinism() -> None:
     assert a[0] == a[1]
 
 
-def _check_box_matches_pixels(view: torch.Tensor, box: torch.Tensor, h: int, w: int) -> None:
-    """Columns/rows of a resized crop of the coordinate clip lie where the normalised box says.
-
-    For output column j of S, the source x is ``(x1 + (x2 - x1) * (j + 0.5) / S) * W - 0.5``;
-    this holds for flipped crops too because the flip swaps x1 and x2.
-    """
-    s = view.shape[-1]
-    j = torch.arange(2, s - 2, dtype=torch.float32)
-    x1, y1, x2, y2 = box.tolist()
-    exp_x = (x1 + (x2 - x1) * (j + 0.5) / s) * w - 0.5
-    exp_y = (y1 + (y2 - y1) * (j + 0.5) / s) * h - 0.5
-    got_x = view[0, 0, s // 2, 2 : s - 2] * 255 / 2
-    got_y = view[1, 0, 2 : s - 2, s // 2] * 255 / 2
-    assert torch.allclose(got_x, exp_x, atol=0.75), (got_x, exp_x)
-    assert torch.allclose(got_y, exp_y, atol=0.75), (got_y, exp_y)
-
-
-def test_fima_view_boxes_match_cropped_pixels_and_flip_swaps_x() -> None:
-    clip = _coord_clip(8, 60, 90)
-    pair = torch.stack([clip, clip])
-    tf = T.FimaViewTransform(size=24, clip_len=8, jitter_p=0, grayscale_p=0, blur_p=0, mean=(0, 0, 0),
-                             std=(1, 1, 1))
-    flipped_seen = unflipped_seen = 0
-    for seed in range(12):
-        out = tf(pair, generator=_gen(seed))
-        for c in range(2):
-            box = out["boxes"][c]
-            _check_box_matches_pixels(out["rgb_global"][c], box, 60, 90)
-            if box[0] > box[2]:
-                flipped_seen += 1
-                assert out["rgb_global"][c][0, 0, 12, 3] > out["rgb_global"][c][0, 0, 12, 20]  # x decreases
-            else:
-                unflipped_seen += 1
-            # global view = every 2nd frame (B channel encodes the frame index)
-            torch.testing.assert_close(out["rgb_global"][c][2, :, 5, 5] * 255, torch.arange(0, 8, 2) * 10.0,
-                                       atol=1e-3, rtol=0)
-            # difference view of the same crop, computed before colour augmentation
-            torch.testing.assert_close(out["diff_global"][c], T.frame_difference(out["rgb_global"][c]))
-            # local views: first / second half of the clip
-            local = out["diff_local"][c]
-            assert torch.allclose(local[0][2, 1:], torch.full_like(local[0][2, 1:], 0.5 + 10 / 255 / 2))
-            assert torch.allclose(local[0][2, 0], torch.full_like(local[0][2, 0], 0.5 - 30 / 255 / 2))
-    assert flipped_seen and unflipped_seen
-
-
-def test_fima_view_shapes_general_clip_len() -> None:
-    for length, size in [(16, 32), (32, 16)]:
-        pair = torch.randint(0, 256, (2, length, 40, 48, 3), dtype=torch.uint8)
-        out = T.FimaViewTransform(size=size, clip_len=length)(pair, generator=_gen(0))
-        assert out["rgb_global"].shape == (2, 3, length // 2, size, size)
-        assert out["diff_global"].shape == (2, 3, length // 2, size, size)
-        assert out["diff_local"].shape == (2, 2, 3, length // 2, size, size)
-        assert out["boxes"].shape == (2, 4)
-    with pytest.raises(ValueError, match="16"):
-        T.FimaViewTransform(size=16, clip_len=16)(torch.zeros(2, 8, 20, 20, 3, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="even"):
-        T.FimaViewTransform(clip_len=7)
-
-
 def test_train_transform_determinism_and_views() -> None:
     clip = torch.randint(0, 256, (6, 40, 50, 3), dtype=torch.uint8)
     tf = T.TrainTransform(size=24, blur=True)
@@ -182,7 +116,7 @@ def test_train_transform_determinism_and_views() -> None:
 
 
 def test_train_transform_geometry_without_colour() -> None:
-    clip = _coord_clip(2, 60, 90)
+    clip = coordinate_clip(2, 60, 90)
     tf = T.TrainTransform(size=20, jitter_p=0, grayscale_p=0, mean=(0, 0, 0), std=(1, 1, 1))
     out = tf(clip, _gen(4))
     xs = out[0, 0, 10] * 255 / 2

@@ -23,8 +23,8 @@ from fima_models.data.datasets import (
 from fima_models.data.index import VideoIndex, build_index
 from fima_models.data.samplers import (
     ClipSampler,
-    FimaClipPairSampler,
     RandomClipSampler,
+    StridedClipSampler,
     UniformClipSampler,
     clip_indices,
 )
@@ -34,8 +34,8 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "ClipSampler",
     "DatasetLayoutError",
-    "FimaClipPairSampler",
     "RandomClipSampler",
+    "StridedClipSampler",
     "UniformClipSampler",
     "VideoDataset",
     "VideoIndex",

@@ -33,7 +33,7 @@ from fima_models.video import VideoDecodeError, probe_video
 
 __all__ = ["VideoIndex", "build_index", "index_path_for", "probe_entry", "probe_many", "INDEX_FILENAME"]
 
-_LOGGER = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 INDEX_FILENAME = ".fima_index.json"
 #: 2: exact probes (decode pass) with frame tables; version 1 entries counted packets.
@@ -103,7 +103,7 @@ def _load(location: Path) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        _LOGGER.warning("ignoring unreadable video index %s (%s); rebuilding it", location, exc)
+        _logger.warning("ignoring unreadable video index %s (%s); rebuilding it", location, exc)
         return {}
     if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("entries"), dict):
         return {}
@@ -111,7 +111,8 @@ def _load(location: Path) -> dict[str, dict[str, Any]]:
 
 
 def _save(location: Path, entries: dict[str, dict[str, Any]]) -> None:
-    atomic_write(location, lambda fh: json.dump({"version": _VERSION, "entries": entries}, fh, sort_keys=True), mode="w")
+    data = {"version": _VERSION, "entries": entries}
+    atomic_write(location, lambda fh: json.dump(data, fh, sort_keys=True), mode="w")
 
 
 def probe_entry(path: str, strict: bool = True) -> dict[str, Any]:
@@ -245,9 +246,9 @@ def build_index(
             path, reason = index.broken[0]
             raise VideoDecodeError(path, f"{reason} ({len(index.broken)} broken video(s) in total)")
         for path, reason in index.broken[:10]:
-            _LOGGER.warning("skipping broken video %s: %s", path, reason)
-        _LOGGER.warning("%d of %d videos are broken and skipped", len(index.broken), len(paths))
+            _logger.warning("skipping broken video %s: %s", path, reason)
+        _logger.warning("%d of %d videos are broken and skipped", len(index.broken), len(paths))
     if index.missing:
-        _LOGGER.warning("%d of %d listed videos are missing and skipped (first: %s)",
+        _logger.warning("%d of %d listed videos are missing and skipped (first: %s)",
                         len(index.missing), len(paths), index.missing[0])
     return index

@@ -6,10 +6,11 @@ and returns uint8 frames:
 
 * :class:`RandomClipSampler` -> ``[T, H, W, 3]`` (one clip at a random time; training)
 * :class:`UniformClipSampler` -> ``[K, T, H, W, 3]`` (K clips evenly over the video; testing)
-* :class:`FimaClipPairSampler` -> ``[2, L, H, W, 3]`` (two clips of L consecutive frames
-  at independent random times; FIMA pretraining)
 
-Short videos (fewer frames than a clip spans) never fail. ``short="repeat"``
+(FIMA pretraining's pair of clips is ``train.fima.views.FimaClipPairSampler``.)
+
+``clip_len`` is the number of frames in a clip, ``num_frames`` the number of frames in a
+video. Short videos (fewer frames than a clip spans) never fail. ``short="repeat"``
 (default) repeats the last frame to fill the clip; ``short="loop"`` wraps around to
 the first frame. Each sampler also exposes ``indices(num_frames, generator)`` that
 returns the frame indices without decoding, for inspection and tests.
@@ -22,39 +23,39 @@ from abc import ABC, abstractmethod
 import numpy as np
 import torch
 
+from fima_models._utils import clip_span
 from fima_models.video import VideoReader
 
-__all__ = ["ClipSampler", "RandomClipSampler", "UniformClipSampler", "FimaClipPairSampler", "clip_indices"]
+__all__ = ["ClipSampler", "StridedClipSampler", "RandomClipSampler", "UniformClipSampler", "clip_indices"]
 
 _SHORT_MODES = ("repeat", "loop")
 
 
-def clip_indices(start: int, num_frames: int, step: int, total: int, short: str = "repeat") -> np.ndarray:
-    """Frame indices ``start, start + step, ...`` made valid for a video of ``total`` frames.
+def _check_short(short: str) -> None:
+    if short not in _SHORT_MODES:
+        raise ValueError(f"short must be one of {_SHORT_MODES}, got '{short}'")
+
+
+def clip_indices(start: int, clip_len: int, step: int, num_frames: int, short: str = "repeat") -> np.ndarray:
+    """Frame indices ``start, start + step, ...`` made valid for a video of ``num_frames`` frames.
 
     Args:
         start: first index (>= 0).
-        num_frames: clip length T.
+        clip_len: clip length T.
         step: stride between frames.
-        total: frames in the video (>= 1).
+        num_frames: frames in the video (>= 1).
         short: what to do past the end: ``"repeat"`` the last frame or ``"loop"`` to the start.
 
     Returns:
-        int64 array of T indices in ``[0, total)``.
+        int64 array of T indices in ``[0, num_frames)``.
     """
-    if short not in _SHORT_MODES:
-        raise ValueError(f"short must be one of {_SHORT_MODES}, got '{short}'")
-    if total < 1:
+    _check_short(short)
+    if num_frames < 1:
         raise ValueError("a video needs at least one frame")
-    idx = start + step * np.arange(num_frames, dtype=np.int64)
+    idx = start + step * np.arange(clip_len, dtype=np.int64)
     if short == "loop":
-        return idx % total
-    return np.minimum(idx, total - 1)
-
-
-def _randint(high: int, generator: torch.Generator | None) -> int:
-    """Uniform integer in ``[0, high]``."""
-    return int(torch.randint(0, high + 1, (1,), generator=generator))
+        return idx % num_frames
+    return np.minimum(idx, num_frames - 1)
 
 
 class ClipSampler(ABC):
@@ -71,37 +72,57 @@ class ClipSampler(ABC):
         return frames.reshape(*idx.shape, *frames.shape[1:])
 
 
-class RandomClipSampler(ClipSampler):
-    """One clip of ``num_frames`` frames with stride ``step`` at a uniformly random start.
+class StridedClipSampler(ClipSampler):
+    """Base of the samplers whose clips are ``clip_len`` frames taken every ``step`` frames.
 
     Args:
-        num_frames: clip length T.
+        clip_len: clip length T.
         step: stride between sampled frames.
         short: ``"repeat"`` (last frame) or ``"loop"`` for videos shorter than the clip span.
     """
 
-    def __init__(self, num_frames: int = 16, step: int = 1, short: str = "repeat") -> None:
-        if num_frames < 1 or step < 1:
-            raise ValueError(f"num_frames and step must be >= 1, got {num_frames}, {step}")
-        clip_indices(0, 1, 1, 1, short)  # validates ``short``
-        self.num_frames = num_frames
-        self.step = step
-        self.short = short
+    def __init__(self, clip_len: int = 16, step: int = 1, short: str = "repeat") -> None:
+        if clip_len < 1 or step < 1:
+            raise ValueError(f"clip_len and step must be >= 1, got {clip_len}, {step}")
+        _check_short(short)
+        self.clip_len, self.step, self.short = clip_len, step, short
 
     @property
     def span(self) -> int:
         """Frames a clip covers in the source video."""
-        return (self.num_frames - 1) * self.step + 1
+        return clip_span(self.clip_len, self.step)
 
-    def indices(self, num_frames: int, generator: torch.Generator | None = None) -> np.ndarray:
-        start = _randint(max(num_frames - self.span, 0), generator)
-        return clip_indices(start, self.num_frames, self.step, num_frames, self.short)
+    def last_start(self, num_frames: int) -> int:
+        """Latest start whose clip fits a video of ``num_frames`` frames (0 when none fits)."""
+        return max(num_frames - self.span, 0)
+
+    def clip_at(self, start: int, num_frames: int) -> np.ndarray:
+        """Indices of the clip starting at ``start`` in a video of ``num_frames`` frames."""
+        return clip_indices(start, self.clip_len, self.step, num_frames, self.short)
+
+    def random_clip(self, num_frames: int, generator: torch.Generator | None = None) -> np.ndarray:
+        """Indices of a clip at a start drawn uniformly from ``[0, last_start]``."""
+        start = int(torch.randint(0, self.last_start(num_frames) + 1, (1,), generator=generator))
+        return self.clip_at(start, num_frames)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_frames={self.num_frames}, step={self.step}, short='{self.short}')"
+        return f"{type(self).__name__}(clip_len={self.clip_len}, step={self.step}, short='{self.short}')"
 
 
-class UniformClipSampler(ClipSampler):
+class RandomClipSampler(StridedClipSampler):
+    """One clip of ``clip_len`` frames with stride ``step`` at a uniformly random start.
+
+    Args:
+        clip_len: clip length T.
+        step: stride between sampled frames.
+        short: ``"repeat"`` (last frame) or ``"loop"`` for videos shorter than the clip span.
+    """
+
+    def indices(self, num_frames: int, generator: torch.Generator | None = None) -> np.ndarray:
+        return self.random_clip(num_frames, generator)
+
+
+class UniformClipSampler(StridedClipSampler):
     """``num_clips`` clips with starts evenly spaced from the first to the last valid start.
 
     Deterministic: the generator is ignored. Spatial crops (e.g. three-crop) are the
@@ -109,54 +130,20 @@ class UniformClipSampler(ClipSampler):
 
     Args:
         num_clips: clips per video K.
-        num_frames: clip length T.
+        clip_len: clip length T.
         step: stride between frames.
         short: handling of videos shorter than a clip (see module docs).
     """
 
-    def __init__(self, num_clips: int = 10, num_frames: int = 16, step: int = 1, short: str = "repeat") -> None:
-        if num_clips < 1 or num_frames < 1 or step < 1:
-            raise ValueError(f"num_clips, num_frames and step must be >= 1, got {num_clips}, {num_frames}, {step}")
-        clip_indices(0, 1, 1, 1, short)
+    def __init__(self, num_clips: int = 10, clip_len: int = 16, step: int = 1, short: str = "repeat") -> None:
+        if num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        super().__init__(clip_len, step, short)
         self.num_clips = num_clips
-        self.num_frames = num_frames
-        self.step = step
-        self.short = short
 
     def indices(self, num_frames: int, generator: torch.Generator | None = None) -> np.ndarray:
-        span = (self.num_frames - 1) * self.step + 1
-        last_start = max(num_frames - span, 0)
-        starts = np.rint(np.linspace(0, last_start, self.num_clips)).astype(np.int64)
-        return np.stack([clip_indices(int(s), self.num_frames, self.step, num_frames, self.short) for s in starts])
+        starts = np.rint(np.linspace(0, self.last_start(num_frames), self.num_clips)).astype(np.int64)
+        return np.stack([self.clip_at(int(s), num_frames) for s in starts])
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_clips={self.num_clips}, num_frames={self.num_frames}, step={self.step})"
-
-
-class FimaClipPairSampler(ClipSampler):
-    """Two clips of ``clip_len`` consecutive frames at independent random times (FIMA's m and n).
-
-    Args:
-        clip_len: frames per clip L (32 in the paper, e.g. 16 for smoke runs).
-        step: stride between frames (1: consecutive).
-        short: ``"loop"`` (default: a short video is played again from its start,
-            keeping motion continuous but for one cut) or ``"repeat"`` (freeze on the last frame).
-    """
-
-    def __init__(self, clip_len: int = 32, step: int = 1, short: str = "loop") -> None:
-        if clip_len < 1 or step < 1:
-            raise ValueError(f"clip_len and step must be >= 1, got {clip_len}, {step}")
-        clip_indices(0, 1, 1, 1, short)
-        self.clip_len = clip_len
-        self.step = step
-        self.short = short
-
-    def indices(self, num_frames: int, generator: torch.Generator | None = None) -> np.ndarray:
-        span = (self.clip_len - 1) * self.step + 1
-        high = max(num_frames - span, 0)
-        return np.stack(
-            [clip_indices(_randint(high, generator), self.clip_len, self.step, num_frames, self.short) for _ in range(2)]
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(clip_len={self.clip_len}, step={self.step}, short='{self.short}')"
+        return f"{type(self).__name__}(num_clips={self.num_clips}, clip_len={self.clip_len}, step={self.step})"
