@@ -318,3 +318,16 @@ def test_full_network_matches_numbers_from_their_code():
         out = model(x)
     torch.testing.assert_close(out[0, :5], torch.tensor(THEIR_LOGITS_9x193), rtol=0, atol=2e-5)
     assert out.sum().item() == pytest.approx(THEIR_LOGIT_SUM_9x193, abs=1e-3)
+
+
+def test_convert_accepts_their_file(tmp_path):
+    from fima_models.convert import convert_checkpoint
+
+    sd = piergiaj_state_dict(seed=4)
+    src = tmp_path / 'rgb_imagenet.pt'
+    torch.save(sd, src)
+    convert_checkpoint(src, 'i3d_tf.deepmind_k400', tmp_path / 'out', keep_head=True)
+    model = fima_models.create_model(f'local-dir:{tmp_path / "out"}')
+    assert model.padding == 'tf_same' and model.head_pool_size == (2, 7, 7) and model.num_classes == 400
+    assert torch.equal(model.fc.bias, sd['logits.conv3d.bias'])
+    assert torch.equal(model.mixed_5c.branch_3[1].conv3d.weight, sd['Mixed_5c.b3b.conv3d.weight'])
