@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import statistics
@@ -37,13 +38,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import fima_models  # noqa: E402
-from train.common.checkpoint import atomic_write_text  # noqa: E402
+from fima_models._utils import atomic_write_text, to_channels_last_3d  # noqa: E402
 from train.common.distributed import resolve_device  # noqa: E402
-from train.common.precision import autocast, make_grad_scaler, resolve_precision, to_channels_last_3d  # noqa: E402
+from train.common.loop import LoopPosition, TrainLoop  # noqa: E402
+from train.common.precision import make_grad_scaler, resolve_precision  # noqa: E402
 from train.common.run_log import read_csv  # noqa: E402
 from train.fima.model import FimaPretrainer  # noqa: E402
 
-logger = logging.getLogger("benchmarks.pretrain_step")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,20 +104,17 @@ def model_step(args: argparse.Namespace, method: str, device: torch.device, prec
         to_channels_last_3d(model)
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    scaler = make_grad_scaler(device, precision)
-    views = random_views(args.batch, args.frames, args.size, device)
+    # the optimizer step of pretraining itself (autocast, scaler, non-finite check), at a constant learning rate
+    loop = TrainLoop(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), make_grad_scaler(device, precision),
+                     device, precision, failure_hint="Use --precision fp32")
+    views = itertools.repeat(random_views(args.batch, args.frames, args.size, device))
     times, cpu_times = [], []
     for i in range(args.warmup + args.steps):
         _sync(device)
         t0 = time.perf_counter()
         c0 = time.process_time()
         model.momentum_update()
-        with autocast(device, precision):
-            out = model(views)
-        scaler.scale(out["loss"].float()).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        loop.step(views, lambda batch: batch, lambda module, batch: module(batch), LoopPosition(step=i))
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)

@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 import fima_models
+from fima_models._utils import TRAIN_CHECKPOINT_FORMAT
 from fima_models.checkpoint import (
-    TRAIN_FORMAT, CheckpointError, UnsafeCheckpointError, extract_backbone, load_backbone_state_dict,
+    CheckpointError, UnsafeCheckpointError, extract_backbone, load_backbone_state_dict,
     read_checkpoint, summarize_keys,
 )
 
@@ -80,7 +81,7 @@ def train_checkpoint(backbone: Dict[str, torch.Tensor], method: str = 'fima', mo
                      num_classes: int = 0) -> dict:
     """This project's ``python -m train`` checkpoint."""
     return {
-        'format': TRAIN_FORMAT, 'version': 1, 'model_name': model_name, 'method': method, 'epoch': 199,
+        'format': TRAIN_CHECKPOINT_FORMAT, 'version': 1, 'model_name': model_name, 'method': method, 'epoch': 199,
         'step': 4000, 'model': dict(backbone), 'num_classes': num_classes,
         'config': {'method': method, 'seed': 0, 'device': 'auto', 'model': {'arch': model_name},
                    'data': {'dataset': 'ucf101', 'root': '/secret/data/ucf101', 'split': 1, 'clip_len': 32,
@@ -97,7 +98,7 @@ FORMATS = {
     'backbone': backbone_prefixed,
     'state_dict': lambda sd: {f'module.{k}': v for k, v in sd.items()},
     'torchvision-train': torchvision_train_checkpoint,
-    TRAIN_FORMAT: train_checkpoint,
+    TRAIN_CHECKPOINT_FORMAT: train_checkpoint,
 }
 
 
@@ -185,7 +186,7 @@ def test_non_weight_objects_are_rejected(tmp_path):
     with pytest.raises(CheckpointError, match='list'):
         extract_backbone([1, 2, 3])
     with pytest.raises(CheckpointError, match="no 'model'"):
-        extract_backbone({'format': TRAIN_FORMAT, 'model': None})
+        extract_backbone({'format': TRAIN_CHECKPOINT_FORMAT, 'model': None})
 
 
 def test_summarize_keys_groups_long_lists():

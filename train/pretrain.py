@@ -35,68 +35,57 @@ Programmatic use: :func:`run_pretrain` (config dict, output folder) -> final che
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import time
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 import fima_models
-from fima_models.data import FimaClipPairSampler, build_dataset
-from fima_models.transforms import FimaViewTransform
-from train.common import checkpoint as ckpt
-from fima_models._utils import describe_os_error
+from fima_models.data import build_dataset
+from fima_models._utils import describe_os_error, to_channels_last_3d
 from fima_models.checkpoint import CheckpointError
+from train.common.checkpoint import resume_checkpoint, train_checkpoint
 from train.common.config import ConfigError, get, load_yaml, resolve, save_config
-from train.common.distributed import (
-    DistInfo,
-    all_gather_object,
-    all_reduce_mean,
-    any_rank_true,
-    barrier,
-    cleanup_distributed,
-    init_distributed,
+from train.common.distributed import DistInfo, barrier, cleanup_distributed, init_distributed, wrap_ddp
+from train.common.loop import (
+    TRAINING_STATE_KEYS,
+    CheckpointCadence,
+    LoopPosition,
+    NonFiniteLossError,
+    StepResult,
+    TrainingParts,
+    TrainLoop,
+    save_synced,
 )
 from train.common.optim import build_optimizer, build_scheduler
-from train.common.precision import autocast, make_grad_scaler, resolve_precision, to_channels_last_3d
-from train.common.run_log import Progress, RunLogger, plot_losses, setup_console_logging
+from train.common.precision import make_grad_scaler, resolve_precision
+from train.common.run_log import RunLogger, plot_losses, setup_console_logging
 from train.common.sampling import ResumableBatchSampler
 from train.common.schema import PretrainConfig, check_pretrain
-from train.common.seed import SeededDataset, get_rng_state, seed_everything, set_rng_state
-from train.fima import AuthorsCheckpointError, authors_fima_config, load_authors_checkpoint
+from train.common.seed import SeededDataset, seed_everything
+from train.fima import AuthorsCheckpointError, read_authors_run, start_from_authors
 from train.fima.model import FimaPretrainer
+from train.fima.views import FimaClipPairSampler, FimaViewTransform
 
-__all__ = ["main", "run_pretrain", "build_parser", "NonFiniteLossError", "DEFAULTS", "CHECKPOINT_FORMAT"]
+__all__ = ["main", "run_pretrain", "build_parser", "register", "NonFiniteLossError", "DEFAULTS"]
 
-logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "fima-models-train"
-CHECKPOINT_VERSION = 1
+_logger = logging.getLogger(__name__)
 
 #: Every key a pretraining config may set, with its default (configs override a subset); the
 #: schema, types and ranges are :class:`train.common.schema.PretrainConfig`.
 DEFAULTS: dict[str, Any] = resolve(PretrainConfig, [])
 #: Sections of a checkpoint's ``state`` that resuming reads.
-RESUME_STATE = ("pretrainer", "optimizer", "scheduler", "scaler", "rng", "position", "logger")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the run stopped and the last good checkpoint is kept."""
+RESUME_STATE = TRAINING_STATE_KEYS + ("pretrainer", "position")
+#: What the message of a non-finite loss tells the user to change.
+_FAILURE_HINT = "Lower optim.lr, add warm-up (schedule.warmup_epochs) or use precision=fp32"
+_DESCRIPTION = "FIMA / MoCo video pretraining (single process or torchrun DDP), resumable."
 
 
 # --------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``python -m train pretrain``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m train pretrain",
-        description="FIMA / MoCo video pretraining (single process or torchrun DDP), resumable.",
-    )
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see train/configs/)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, metrics.csv, tensorboard, plots")
     parser.add_argument(
@@ -111,7 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(weights, key encoder, queues; training goes on at its epoch)",
     )
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 train.epochs=10")
+    parser.set_defaults(func=run_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``python -m train pretrain``."""
+    parser = argparse.ArgumentParser(prog="python -m train pretrain", description=_DESCRIPTION)
+    _add_arguments(parser)
     return parser
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``pretrain`` command to ``python -m train``'s sub-command parsers."""
+    _add_arguments(subparsers.add_parser("pretrain", help=_DESCRIPTION, description=_DESCRIPTION))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,25 +124,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 2 for configuration errors, 3 when the loss became non-finite.
     """
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    return run_command(build_parser().parse_args(list(argv) if argv is not None else None))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``python -m train pretrain`` with parsed arguments; returns the exit status (see :func:`main`)."""
     setup_console_logging(rank=int(os.environ.get("RANK", "0")))  # ranks > 0 only print warnings
     try:
         # the schema's defaults first, so every key can be overridden even when the YAML omits it
         cfg = resolve_config(load_yaml(args.config), args.overrides)
         final = run_pretrain(cfg, Path(args.out), resume=args.resume, init_from_authors=args.init_from_authors)
     except (ConfigError, AuthorsCheckpointError) as exc:
-        logger.error("configuration error: %s", exc)
+        _logger.error("configuration error: %s", exc)
         return 2
     except (FileNotFoundError, CheckpointError) as exc:  # data set layout, unusable checkpoint
-        logger.error("%s", exc)
+        _logger.error("%s", exc)
         return 2
     except OSError as exc:  # read-only or full disk, a path that is not a folder
-        logger.error("%s", describe_os_error(exc))
+        _logger.error("%s", describe_os_error(exc))
         return 1
     except NonFiniteLossError as exc:
-        logger.error("%s", exc)
+        _logger.error("%s", exc)
         return 3
-    logger.info("final checkpoint: %s", final)
+    _logger.info("final checkpoint: %s", final)
     return 0
 
 
@@ -209,7 +214,7 @@ def build_data(cfg: Mapping[str, Any], dist_info: DistInfo) -> SeededDataset:
         if dist_info.is_main:
             from fima_models.data.synthetic import write_motion_dataset
 
-            logger.info("preparing synthetic motion data in %s", root)
+            _logger.info("preparing synthetic motion data in %s", root)
             write_motion_dataset(root, **dict(data["synthetic"]))
         barrier()
     transform = FimaViewTransform(size=int(data["size"]), clip_len=int(data["clip_len"]), **dict(data.get("transform") or {}))
@@ -248,91 +253,36 @@ def build_model(cfg: Mapping[str, Any], device: torch.device) -> FimaPretrainer:
     return model
 
 
-def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to_device(batch: tuple[Mapping[str, torch.Tensor], Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The views of a ``(views, labels)`` batch on ``device`` (pretraining does not use the labels)."""
+    views, _labels = batch
+    return {k: v.to(device, non_blocking=True) for k, v in views.items()}
 
 
 def _checkpoint_state(
-    cfg: Mapping[str, Any],
-    model: FimaPretrainer,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    run_logger: RunLogger,
-    step: int,
-    epoch: int,
-    step_in_epoch: int,
-    steps_per_epoch: int,
-    rng_states: list[dict[str, Any]],
+    cfg: Mapping[str, Any], parts: TrainingParts, position: LoopPosition, steps_per_epoch: int, rng_states: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    full = model.state_dict()
-    rest = {k: v for k, v in full.items() if not k.startswith("encoder_q.")}
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_name": str(get(cfg, "model.arch")),
-        "method": cfg["method"],
-        "epoch": step // steps_per_epoch,
-        "step": step,
-        "model": model.backbone_state_dict(),
-        "num_classes": 0,
-        "config": dict(cfg),
-        "state": {
-            "pretrainer": rest,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng_states,
-            "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "steps_per_epoch": steps_per_epoch},
-            "logger": run_logger.state_dict(),
-            "world_size": len(rng_states),
-        },
+    rest = {k: v for k, v in parts.model.state_dict().items() if not k.startswith("encoder_q.")}
+    state = {
+        "pretrainer": rest,
+        **parts.training_state(rng_states),
+        "position": {"epoch": position.epoch, "step_in_epoch": position.step_in_epoch, "steps_per_epoch": steps_per_epoch},
+        "world_size": len(rng_states),
     }
+    return train_checkpoint(
+        str(get(cfg, "model.arch")), cfg["method"], position.step // steps_per_epoch, position.step,
+        parts.model.backbone_state_dict(), 0, dict(cfg), state,
+    )
 
 
-def _restore(
-    state: Mapping[str, Any],
-    model: FimaPretrainer,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    run_logger: RunLogger,
-    dist_info: DistInfo,
-) -> tuple[int, int, int]:
-    """Load a checkpoint into the live objects; returns ``(step, epoch, step_in_epoch)``."""
-    inner = state["state"]
+def _restore(state: Mapping[str, Any], parts: TrainingParts, dist_info: DistInfo) -> LoopPosition:
+    """Load a checkpoint into the live objects; returns the position it was written at."""
     full = {f"encoder_q.{k}": v for k, v in state["model"].items()}
-    full.update(inner["pretrainer"])
-    model.load_state_dict(full, strict=True)
-    optimizer.load_state_dict(inner["optimizer"])
-    scheduler.load_state_dict(inner["scheduler"])
-    scaler.load_state_dict(inner["scaler"])
-    rngs = inner["rng"]
-    if len(rngs) == dist_info.world_size:
-        set_rng_state(rngs[dist_info.rank])
-    else:
-        logger.warning(
-            "checkpoint was written by %d processes, this run has %d: RNG streams are reseeded, so the "
-            "continuation is valid but not bit-identical to an uninterrupted run",
-            len(rngs),
-            dist_info.world_size,
-        )
-        seed_everything(int(state["config"].get("seed", 0)) + 1000 * dist_info.rank + int(state["step"]))
-    run_logger.load_state_dict(inner["logger"], step=int(state["step"]))
-    pos = inner["position"]
-    return int(state["step"]), int(pos["epoch"]), int(pos["step_in_epoch"])
-
-
-def _save(
-    out_dir: Path, state_fn: Any, dist_info: DistInfo, step: int, keep_last: int
-) -> Path:
-    rng_states = all_gather_object(get_rng_state())
-    path = ckpt.checkpoint_path(out_dir, step)
-    if dist_info.is_main:
-        path = ckpt.save_checkpoint(state_fn(rng_states), out_dir, step, keep_last=keep_last)
-        logger.info("saved %s", path)
-    barrier()
-    return path
+    full.update(state["state"]["pretrainer"])
+    parts.model.load_state_dict(full, strict=True)
+    parts.restore(state, dist_info.rank, dist_info.world_size)
+    pos = state["state"]["position"]
+    return LoopPosition(int(state["step"]), int(pos["epoch"]), int(pos["step_in_epoch"]))
 
 
 # --------------------------------------------------------------------------- run
@@ -371,6 +321,84 @@ def run_pretrain(
             cleanup_distributed()
 
 
+def _starting_point(
+    cfg: Mapping[str, Any], out_dir: Path, resume: str, init_from_authors: str | Path | None
+) -> tuple[Path | None, dict[str, Any] | None, tuple[dict[str, torch.Tensor], int] | None]:
+    """``(checkpoint path, checkpoint, authors' state)`` the run starts from; a checkpoint of this run wins."""
+    resume_path, resume_state = resume_checkpoint(resume, out_dir, RESUME_STATE)
+    if init_from_authors is None:
+        return resume_path, resume_state, None
+    if resume_path is not None:
+        _logger.info("%s holds checkpoint %s: resuming it, --init-from-authors is not used", out_dir, resume_path)
+        return resume_path, resume_state, None
+    return None, None, read_authors_run(Path(init_from_authors), cfg)
+
+
+def _build_loader(
+    cfg: Mapping[str, Any], dataset: SeededDataset, dist_info: DistInfo, micro: int
+) -> tuple[ResumableBatchSampler, DataLoader, int]:
+    """The resumable sampler, the loader over it and the optimizer steps per epoch.
+
+    Raises:
+        ConfigError: an epoch has fewer micro-batches than one optimizer step needs.
+    """
+    seed, accum = int(cfg["seed"]), int(get(cfg, "train.accum_steps"))
+    sampler = ResumableBatchSampler(
+        len(dataset), micro, dist_info.rank, dist_info.world_size, seed=seed, shuffle=True, drop_last=True
+    )
+    steps_per_epoch = sampler.batches_per_epoch // accum
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"{len(dataset)} samples give {sampler.batches_per_epoch} micro-batches per rank, fewer than "
+            f"accum_steps={accum}; lower train.batch_size or train.accum_steps"
+        )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=int(get(cfg, "data.num_workers")),
+        pin_memory=dist_info.device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return sampler, loader, steps_per_epoch
+
+
+def _start_position(
+    cfg: Mapping[str, Any],
+    parts: TrainingParts,
+    start: tuple[Path | None, dict[str, Any] | None, tuple[dict[str, torch.Tensor], int] | None],
+    init_from_authors: str | Path | None,
+    steps_per_epoch: int,
+    dist_info: DistInfo,
+) -> LoopPosition:
+    """Load the checkpoint (or the authors' state) the run starts from; returns the position to go on at.
+
+    Raises:
+        ConfigError: the checkpoint was written with another number of steps per epoch.
+    """
+    resume_path, resume_state, authors = start
+    if resume_path is not None and resume_state is not None:
+        position = _restore(resume_state, parts, dist_info)
+        written = resume_state["state"]["position"]["steps_per_epoch"]
+        if written != steps_per_epoch:
+            raise ConfigError(
+                f"checkpoint {resume_path} was written with {written} steps per "
+                f"epoch, this run has {steps_per_epoch}; resume with the same data, batch size and world size"
+            )
+        _logger.info(
+            "resumed from %s at step %d (epoch %d, step %d of the epoch)",
+            resume_path, position.step, position.epoch, position.step_in_epoch,
+        )
+        return position
+    if authors is not None:
+        epoch = start_from_authors(
+            parts.model, parts.scheduler, authors, Path(str(init_from_authors)), str(get(cfg, "model.arch")), steps_per_epoch
+        )
+        _logger.info("continuing the authors' run %s at epoch %d (step %d)", init_from_authors, epoch, epoch * steps_per_epoch)
+        return LoopPosition(step=epoch * steps_per_epoch, epoch=epoch)
+    return LoopPosition()
+
+
 def _run(
     cfg: dict[str, Any], out_dir: Path, resume: str, dist_info: DistInfo, init_from_authors: str | Path | None
 ) -> Path:
@@ -384,269 +412,102 @@ def _run(
         torch.set_num_threads(int(cfg["threads"]))
     seed_everything(seed)
     micro = micro_batch_size(cfg, dist_info.world_size)
-    accum = int(tcfg["accum_steps"])
-    resume_path, resume_state = _resume_state(resume, out_dir)
-    authors: tuple[dict[str, torch.Tensor], int] | None = None
-    if init_from_authors is not None and resume_path is None:
-        authors = _read_authors_checkpoint(Path(init_from_authors), cfg)
-    elif init_from_authors is not None:
-        logger.info("%s holds checkpoint %s: resuming it, --init-from-authors is not used", out_dir, resume_path)
+    start = _starting_point(cfg, out_dir, resume, init_from_authors)
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    logger.info(
+    _logger.info(
         "pretraining %s on %s | %s | world %d | micro-batch %d x accum %d | precision %s",
-        cfg["method"], get(cfg, "model.arch"), device, dist_info.world_size, micro, accum, precision,
+        cfg["method"], get(cfg, "model.arch"), device, dist_info.world_size, micro, int(tcfg["accum_steps"]), precision,
     )
-
-    dataset = build_data(cfg, dist_info)
-    sampler = ResumableBatchSampler(
-        len(dataset), micro, dist_info.rank, dist_info.world_size, seed=seed, shuffle=True, drop_last=True
-    )
-    steps_per_epoch = sampler.batches_per_epoch // accum
-    if steps_per_epoch < 1:
-        raise ConfigError(
-            f"{len(dataset)} samples give {sampler.batches_per_epoch} micro-batches per rank, fewer than "
-            f"accum_steps={accum}; lower train.batch_size or train.accum_steps"
-        )
+    sampler, loader, steps_per_epoch = _build_loader(cfg, build_data(cfg, dist_info), dist_info, micro)
     epochs = int(tcfg["epochs"])
-    total_steps = steps_per_epoch * epochs
-    workers = int(get(cfg, "data.num_workers"))
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
     model = build_model(cfg, device)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg["optim"])
-    scheduler = build_scheduler(optimizer, cfg["schedule"], steps_per_epoch, epochs)
-    scaler = make_grad_scaler(device, precision)
-    run_logger = RunLogger(
-        out_dir, enabled=dist_info.is_main, tensorboard=bool(tcfg["tensorboard"]), print_every=int(tcfg["print_every"])
+    parts = TrainingParts(
+        model,
+        optimizer,
+        build_scheduler(optimizer, cfg["schedule"], steps_per_epoch, epochs),
+        make_grad_scaler(device, precision),
+        RunLogger(out_dir, enabled=dist_info.is_main, tensorboard=bool(tcfg["tensorboard"]), print_every=int(tcfg["print_every"])),
     )
     # different dropout / shuffle streams per rank (weights are synchronised by DDP at wrap time)
     torch.manual_seed(seed + 1000 * dist_info.rank)
+    position = _start_position(cfg, parts, start, init_from_authors, steps_per_epoch, dist_info)
+    loop = TrainLoop(
+        wrap_ddp(model, dist_info, bool(get(cfg, "ddp.broadcast_buffers"))), parts.optimizer, parts.scheduler, parts.scaler, device, precision,
+        accum_steps=int(tcfg["accum_steps"]), grad_clip=tcfg.get("grad_clip"), failure_hint=_FAILURE_HINT,
+        inject_nan_at_step=get(cfg, "debug.inject_nan_at_step", None),
+    )
+    loop.last_checkpoint = start[0]
 
-    step, start_epoch, start_step_in_epoch = 0, 0, 0
-    if resume_path is not None and resume_state is not None:
-        state = resume_state
-        step, start_epoch, start_step_in_epoch = _restore(
-            state, model, optimizer, scheduler, scaler, run_logger, dist_info
+    def save(position: LoopPosition) -> Path:
+        return save_synced(
+            out_dir, lambda rngs: _checkpoint_state(cfg, parts, position, steps_per_epoch, rngs), position.step,
+            int(tcfg["keep_last"]), dist_info.is_main,
         )
-        if state["state"]["position"]["steps_per_epoch"] != steps_per_epoch:
-            raise ConfigError(
-                f"checkpoint {resume_path} was written with {state['state']['position']['steps_per_epoch']} steps per "
-                f"epoch, this run has {steps_per_epoch}; resume with the same data, batch size and world size"
-            )
-        logger.info("resumed from %s at step %d (epoch %d, step %d of the epoch)", resume_path, step, start_epoch, start_step_in_epoch)
-    elif authors is not None:
-        start_epoch = _start_from_authors(
-            model, scheduler, authors, Path(str(init_from_authors)), str(get(cfg, "model.arch")), steps_per_epoch
-        )
-        step = start_epoch * steps_per_epoch
-        logger.info("continuing the authors' run %s at epoch %d (step %d)", init_from_authors, start_epoch, step)
 
-    train_model: nn.Module = model
-    if dist_info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=bool(get(cfg, "ddp.broadcast_buffers")),
-        )
     model.train()
-
-    stop_after = tcfg.get("stop_after_steps")
-    stop_after = int(stop_after) if stop_after is not None else None
-    nan_step = get(cfg, "debug.inject_nan_at_step", None)
-    keep_last = int(tcfg["keep_last"])
-    ckpt_steps = int(tcfg["checkpoint_every_steps"] or 0)
-    ckpt_epochs = int(tcfg["checkpoint_every_epochs"] or 0)
-    log_every = max(1, int(tcfg["log_every"]))
-    clips_per_step = 2 * int(tcfg["batch_size"])
-    progress = Progress(total_steps, initial=step, enabled=dist_info.is_main and bool(tcfg["progress"]), desc=cfg["method"])
-    last_path: Path | None = resume_path
-    epoch, step_in_epoch = start_epoch, start_step_in_epoch
-
-    def state_fn(rngs: list[dict[str, Any]]) -> dict[str, Any]:
-        return _checkpoint_state(
-            cfg, model, optimizer, scheduler, scaler, run_logger, step, epoch, step_in_epoch, steps_per_epoch, rngs
-        )
-
     try:
-        done = step >= total_steps or (stop_after is not None and step >= stop_after)
-        while not done and epoch < epochs:
-            sampler.set_epoch(epoch, start_batch=step_in_epoch * accum)
-            batches: Iterator[Any] = iter(loader)
-            while step_in_epoch < steps_per_epoch:
-                t_step = time.perf_counter()
-                data_wait = 0.0
-                model.momentum_update()
-                sums: dict[str, torch.Tensor] = {}
-                for micro_i in range(accum):
-                    t0 = time.perf_counter()
-                    views, _labels = next(batches)
-                    views = _to_device(views, device)
-                    data_wait += time.perf_counter() - t0
-                    sync_ctx = (
-                        train_model.no_sync()  # type: ignore[operator]
-                        if dist_info.distributed and micro_i < accum - 1
-                        else contextlib.nullcontext()
-                    )
-                    with sync_ctx:
-                        with autocast(device, precision):
-                            out = train_model(views)
-                        loss = out["loss"].float()
-                        if nan_step is not None and step + 1 == int(nan_step):
-                            loss = loss * float("nan")
-                        if any_rank_true(not bool(torch.isfinite(loss).item()), device):
-                            raise NonFiniteLossError(
-                                f"non-finite loss at step {step + 1} (epoch {epoch}): "
-                                + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
-                                + f". The run stopped; the last good checkpoint is {last_path or 'none (no checkpoint yet)'}. "
-                                "Lower optim.lr, add warm-up (schedule.warmup_epochs) or use precision=fp32, then "
-                                "rerun the same command to resume from that checkpoint."
-                            )
-                        scaler.scale(loss / accum).backward()
-                    for k, v in out.items():
-                        sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
-                if tcfg.get("grad_clip"):
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), float(tcfg["grad_clip"]))
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                step += 1
-                step_in_epoch += 1
-                names = sorted(sums)
-                means = all_reduce_mean(torch.stack([sums[k] for k in names])).tolist()
-                step_time = time.perf_counter() - t_step
-                scalars = dict(zip(names, means))
-                rate = progress.update(clips_per_step, {"loss": scalars["loss"]})
-                if step % log_every == 0 or step == total_steps:
-                    row = {"epoch": epoch, "lr": lr, **scalars}
-                    row.update(
-                        {"clips_per_s": clips_per_step / step_time, "avg_clips_per_s": rate, "data_wait_frac": data_wait / step_time}
-                    )
-                    run_logger.log(step, row)
-                epoch_end = step_in_epoch == steps_per_epoch
-                stop_now = stop_after is not None and step >= stop_after
-                if epoch_end:
-                    epoch, step_in_epoch = epoch + 1, 0
-                due = (
-                    (ckpt_steps and step % ckpt_steps == 0)
-                    or (epoch_end and ckpt_epochs and epoch % ckpt_epochs == 0)
-                    or step == total_steps
-                    or stop_now
-                )
-                if due:
-                    last_path = _save(out_dir, state_fn, dist_info, step, keep_last)
-                if stop_now:
-                    logger.info("stopping after step %d (train.stop_after_steps); rerun to resume", step)
-                    done = True
-                    break
-                if epoch_end:
-                    break
-            del batches
+        position = _train(cfg, loop, parts, sampler, loader, position, steps_per_epoch, save, dist_info)
     finally:
-        progress.close()
-        run_logger.close()
+        parts.run_logger.close()
         if dist_info.is_main:
-            plot_losses(out_dir / run_logger.csv_path.name, out_dir / "loss_curve.png", title=f"{cfg['method']} {get(cfg, 'model.arch')}")
+            plot_losses(out_dir / parts.run_logger.csv_path.name, out_dir / "loss_curve.png", title=f"{cfg['method']} {get(cfg, 'model.arch')}")
+    last_path = loop.last_checkpoint
     if last_path is None or not Path(last_path).exists():
-        last_path = _save(out_dir, state_fn, dist_info, step, keep_last)
+        last_path = save(position)
     return Path(last_path)
 
 
-def _check_resumable(path: Path, state: dict[str, Any]) -> None:
-    ckpt.check_train_checkpoint(path, state, RESUME_STATE)
-
-
-def _read_authors_checkpoint(path: Path, cfg: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], int]:
-    """Read and convert an authors' checkpoint, checking that this run's sizes can hold it.
-
-    Raises:
-        ConfigError: the run is not FIMA, has no epochs left after the checkpoint's, or its queue
-            sizes or embedding width differ from the checkpoint's.
-        AuthorsCheckpointError: the file is not a checkpoint of the authors' ``train.py``.
-    """
-    if cfg["method"] != "fima":
-        raise ConfigError(f"--init-from-authors needs method=fima (the authors' module is FIMA); this run is {cfg['method']}")
-    state, epoch = load_authors_checkpoint(path)
-    epochs = int(cfg["train"]["epochs"])
-    if epoch >= epochs:
-        raise ConfigError(f"--init-from-authors {path} has finished {epoch} epochs; set train.epochs above {epoch} to continue")
-    ours = cfg["fima"]
-    wrong = [f"fima.{key}={value} (this run has {ours[key]})" for key, value in authors_fima_config(state).items() if ours[key] != value]
-    if wrong:
-        raise ConfigError(f"--init-from-authors {path} needs {', '.join(wrong)}; set those keys to the checkpoint's values")
-    return state, epoch
-
-
-def _start_from_authors(
-    model: FimaPretrainer,
-    scheduler: Any,
-    authors: tuple[dict[str, torch.Tensor], int],
-    path: Path,
-    arch: str,
+def _train(
+    cfg: Mapping[str, Any],
+    loop: TrainLoop,
+    parts: TrainingParts,
+    sampler: ResumableBatchSampler,
+    loader: DataLoader,
+    position: LoopPosition,
     steps_per_epoch: int,
-) -> int:
-    """Load the converted authors' state strictly and move the schedule to their epoch; returns that epoch."""
-    state, epoch = authors
-    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
-    if missing or unexpected:
-        raise ConfigError(
-            f"--init-from-authors {path} does not fit model.arch={arch}: missing keys "
-            f"{sorted(missing)[:5]} ({len(missing)}), unexpected keys {sorted(unexpected)[:5]} ({len(unexpected)}); "
-            "set model.arch to the backbone the authors' run trained"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # same keys, other shapes
-        raise ConfigError(f"--init-from-authors {path} does not fit this run: {str(exc).splitlines()[-1].strip()}") from None
-    steps = epoch * steps_per_epoch
-    with warnings.catch_warnings():
-        # the schedule is moved, not stepped by training: torch would warn that no optimizer step came first
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        scheduler.last_epoch = steps - 1
-        scheduler.step()
-    return epoch
+    save: Callable[[LoopPosition], Path],
+    dist_info: DistInfo,
+) -> LoopPosition:
+    """Run the loop from ``position``, logging a row every ``train.log_every`` steps; returns the final position."""
+    tcfg = cfg["train"]
+    epochs = int(tcfg["epochs"])
+    total_steps = steps_per_epoch * epochs
+    stop_after = tcfg.get("stop_after_steps")
+    cadence = CheckpointCadence(
+        total_steps,
+        every_steps=int(tcfg["checkpoint_every_steps"] or 0),
+        every_epochs=int(tcfg["checkpoint_every_epochs"] or 0),
+        stop_after_steps=int(stop_after) if stop_after is not None else None,
+    )
+    log_every = max(1, int(tcfg["log_every"]))
+    clips_per_step = 2 * int(tcfg["batch_size"])
 
+    def log_row(result: StepResult) -> None:
+        step = result.position.step
+        if step % log_every == 0 or step == total_steps:
+            row = {"epoch": result.position.epoch, "lr": result.lr, **result.scalars}
+            row.update({
+                "clips_per_s": clips_per_step / result.seconds,
+                "avg_clips_per_s": result.avg_rate,
+                "data_wait_frac": result.data_wait / result.seconds,
+            })
+            parts.run_logger.log(step, row)
 
-def _resume_state(resume: str, out_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    """The checkpoint to resume from and its content, per ``--resume`` (auto, none, a file or a run folder).
-
-    ``auto`` and a folder take the newest checkpoint that loads, skipping (with a warning naming
-    each) truncated or foreign ones.
-
-    Raises:
-        ConfigError: the path does not exist, or a folder holds checkpoints of which none is usable.
-        CheckpointError: a given file is not a usable training checkpoint (unreadable, unsafe, incomplete).
-    """
-    if resume in ("none", "", None):
-        return None, None
-    folder = out_dir if resume == "auto" else Path(resume)
-    if resume == "auto" or folder.is_dir():
-        path, state = ckpt.find_latest_valid(folder, _check_resumable)
-        found = ckpt.list_checkpoints(folder)
-        if path is None and found:
-            raise ConfigError(
-                f"none of the {len(found)} checkpoints in {folder} can be resumed from (see the warnings above); "
-                "pass --resume PATH to a good one, or --resume none to start over"
-            )
-        if path is None and resume != "auto":
-            raise ConfigError(f"--resume {folder}: folder has no checkpoint_*.pt; pass a checkpoint file or --resume none")
-        return path, state
-    if not folder.is_file():
-        raise ConfigError(f"--resume {folder}: file not found; pass an existing checkpoint, a run folder, auto or none")
-    state = ckpt.load_checkpoint(folder)
-    _check_resumable(folder, state)
-    return folder, state
+    return loop.run(
+        loader, sampler, position, epochs, steps_per_epoch,
+        prepare=lambda batch: _to_device(batch, dist_info.device),
+        forward=lambda model, views: model(views),
+        cadence=cadence,
+        save=save,
+        samples_per_step=clips_per_step,
+        progress=dist_info.is_main and bool(tcfg["progress"]),
+        desc=cfg["method"],
+        on_step=log_row,
+        before_step=parts.model.momentum_update,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover - use `python -m train pretrain`

@@ -9,7 +9,8 @@ retrieval) builds on the same small modules:
 - :mod:`train.common.checkpoint` -- atomic saves, keep-last-K rotation, newest usable checkpoint discovery.
 - :mod:`train.common.run_log` -- CSV + TensorBoard scalars, tqdm progress with ETA and clips/s, loss plots.
 - :mod:`train.common.optim` -- SGD and per-step learning-rate schedules (cosine with warm-up, step).
-- :mod:`train.common.precision` -- autocast per device, gradient scaler, ``channels_last_3d``.
+- :mod:`train.common.loop` -- the training-loop core: optimizer steps (AMP, accumulation, non-finite stop), epochs, checkpoint cadence, resume state.
+- :mod:`train.common.precision` -- autocast per device and the gradient scaler, on the library's precision vocabulary.
 - :mod:`train.common.seed` -- global seeding, RNG state capture/restore, per-sample seeded augmentation.
 - :mod:`train.common.sampling` -- a resumable, rank-aware batch sampler yielding ``(epoch, index)`` pairs.
 """

@@ -23,11 +23,14 @@ from typing import Any, Callable
 
 import torch
 
-from fima_models._utils import atomic_write, atomic_write_bytes, atomic_write_text
-from fima_models.checkpoint import TRAIN_FORMAT, CheckpointError, read_checkpoint
+from fima_models._utils import TRAIN_CHECKPOINT_FORMAT, atomic_write, atomic_write_bytes, atomic_write_text
+from fima_models.checkpoint import CheckpointError, read_checkpoint
+from train.common.config import ConfigError
 
 __all__ = [
     "CHECKPOINT_PATTERN",
+    "TRAIN_CHECKPOINT_VERSION",
+    "train_checkpoint",
     "atomic_write",
     "atomic_write_text",
     "atomic_write_bytes",
@@ -39,11 +42,50 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_train_checkpoint",
+    "resume_checkpoint",
 ]
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d{8,})\.pt$")
+#: ``version`` of the checkpoints :func:`train_checkpoint` makes.
+TRAIN_CHECKPOINT_VERSION = 1
+
+
+def train_checkpoint(
+    model_name: str,
+    method: str,
+    epoch: int,
+    step: int,
+    model_state: dict[str, Any],
+    num_classes: int,
+    config: Any,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """A checkpoint of a ``python -m train`` run, in the format :mod:`fima_models.checkpoint` reads.
+
+    Args:
+        model_name: the backbone's architecture (or ``local-dir:...`` source).
+        method: ``fima``, ``moco``, ``finetune`` or ``linear``.
+        epoch: epochs done.
+        step: optimizer steps done.
+        model_state: the model's state dict (the query backbone when pretraining).
+        num_classes: classifier size (0: a backbone without classifier).
+        config: the run's resolved configuration.
+        state: what resuming reads (optimizer, schedule, RNG ...; empty for a final classifier).
+    """
+    return {
+        "format": TRAIN_CHECKPOINT_FORMAT,
+        "version": TRAIN_CHECKPOINT_VERSION,
+        "model_name": model_name,
+        "method": method,
+        "epoch": epoch,
+        "step": step,
+        "model": model_state,
+        "num_classes": num_classes,
+        "config": config,
+        "state": state,
+    }
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -96,7 +138,7 @@ def save_checkpoint(state: dict[str, Any], out_dir: str | Path, step: int, keep_
     for old in list_checkpoints(out_dir)[:-keep_last]:
         try:
             old.unlink()
-            logger.debug("removed old checkpoint %s", old)
+            _logger.debug("removed old checkpoint %s", old)
         except FileNotFoundError:
             pass
     return path
@@ -136,9 +178,9 @@ def check_train_checkpoint(path: str | Path, state: dict[str, Any], state_keys: 
     Raises:
         CheckpointError: naming the file and what is wrong.
     """
-    if state.get("format") != TRAIN_FORMAT:
+    if state.get("format") != TRAIN_CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{path} is not a {TRAIN_FORMAT} checkpoint (format {state.get('format')!r}); resume only from "
+            f"{path} is not a {TRAIN_CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r}); resume only from "
             "checkpoint_*.pt files of a `python -m train` run, or pass --resume none to start over"
         )
     inner = state.get("state")
@@ -170,7 +212,52 @@ def find_latest_valid(
             if validate is not None:
                 validate(path, state)
         except (CheckpointError, ValueError) as err:
-            logger.warning("skipping checkpoint %s: %s", path, err)
+            _logger.warning("skipping checkpoint %s: %s", path, err)
             continue
         return path, state
     return None, None
+
+
+def resume_checkpoint(
+    resume: str | None, out_dir: Path, state_keys: tuple[str, ...]
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint a run resumes from and its content, per ``--resume`` (auto, none, a file or a run folder).
+
+    ``auto`` (the run folder ``out_dir``) and a folder take the newest checkpoint that loads,
+    skipping (with a warning naming each) truncated or foreign ones.
+
+    Args:
+        resume: ``"auto"``, ``"none"`` (or empty / None: start over), a checkpoint file or a run folder.
+        out_dir: the run folder (searched for ``auto``).
+        state_keys: sections a checkpoint's ``state`` must hold (see :func:`check_train_checkpoint`).
+
+    Returns:
+        ``(path, checkpoint)``, or ``(None, None)`` when the run starts over.
+
+    Raises:
+        ConfigError: the path does not exist, or a folder holds checkpoints of which none is usable.
+        CheckpointError: a given file is not a usable training checkpoint (unreadable, unsafe, incomplete).
+    """
+    if resume in ("none", "", None):
+        return None, None
+
+    def check(path: Path, state: dict[str, Any]) -> None:
+        check_train_checkpoint(path, state, state_keys)
+
+    folder = out_dir if resume == "auto" else Path(str(resume))
+    if resume == "auto" or folder.is_dir():
+        path, state = find_latest_valid(folder, check)
+        found = list_checkpoints(folder)
+        if path is None and found:
+            raise ConfigError(
+                f"none of the {len(found)} checkpoints in {folder} can be resumed from (see the warnings above); "
+                "pass --resume PATH to a good one, or --resume none to start over"
+            )
+        if path is None and resume != "auto":
+            raise ConfigError(f"--resume {folder}: folder has no checkpoint_*.pt; pass a checkpoint file or --resume none")
+        return path, state
+    if not folder.is_file():
+        raise ConfigError(f"--resume {folder}: file not found; pass an existing checkpoint, a run folder, auto or none")
+    state = load_checkpoint(folder)
+    check(folder, state)
+    return folder, state

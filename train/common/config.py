@@ -46,6 +46,7 @@ from fima_models._utils import atomic_write_text
 
 __all__ = [
     "ConfigError",
+    "to_plain",
     "load_config",
     "load_yaml",
     "merge",
@@ -146,8 +147,8 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = merge(out[key], value)
         else:
-            out[key] = _plain(value)
-    return _plain(out)
+            out[key] = to_plain(value)
+    return to_plain(out)
 
 
 # --------------------------------------------------------------------------- overrides
@@ -217,7 +218,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     Returns:
         The new configuration.
     """
-    conf = OmegaConf.create(_plain(cfg))
+    conf = OmegaConf.create(to_plain(cfg))
     _apply(conf, overrides, None)
     return typing.cast(dict, OmegaConf.to_container(conf))
 
@@ -238,7 +239,7 @@ def get(cfg: Mapping[str, Any], key: str, default: Any = ...) -> Any:
         if not isinstance(node, Mapping) or part not in node:
             if default is not ...:
                 return default
-            raise ConfigError(f"config key {key!r} not found{_suggest_key(OmegaConf.create(_plain(cfg)), key)}")
+            raise ConfigError(f"config key {key!r} not found{_suggest_key(OmegaConf.create(to_plain(cfg)), key)}")
         node = node[part]
     return node
 
@@ -268,7 +269,7 @@ def resolve(
     conf = OmegaConf.structured(schema)
     for layer in layers:
         try:
-            conf = typing.cast(DictConfig, OmegaConf.merge(conf, _plain(layer)))
+            conf = typing.cast(DictConfig, OmegaConf.merge(conf, to_plain(layer)))
         except OmegaConfBaseException as exc:
             raise _translate(exc, schema) from None
     _apply(conf, overrides, schema)
@@ -377,7 +378,7 @@ def check_rules(schema: type, values: Mapping[str, Any], prefix: str = "") -> No
 # --------------------------------------------------------------------------- output
 def dump_config(cfg: Mapping[str, Any]) -> str:
     """Render a configuration as YAML text (keys in insertion order)."""
-    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=False)
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=False)
 
 
 def save_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
@@ -385,16 +386,18 @@ def save_config(cfg: Mapping[str, Any], path: str | Path) -> Path:
     return atomic_write_text(Path(path), dump_config(cfg))
 
 
-def _plain(value: Any) -> Any:
-    """Convert OmegaConf nodes, Paths and tuples to YAML-safe plain types."""
+def to_plain(value: Any) -> Any:
+    """Convert OmegaConf nodes, Paths, tuples and numpy / torch scalars to YAML- and JSON-safe plain types."""
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value)
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
     return value
 
 

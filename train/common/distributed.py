@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fima_models import _utils
+
 __all__ = [
     "DistInfo",
     "init_distributed",
@@ -39,9 +41,10 @@ __all__ = [
     "any_rank_true",
     "all_gather_object",
     "resolve_device",
+    "wrap_ddp",
 ]
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ class DistInfo:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"`` into a device.
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:K"`` into this process's device.
+
+    :func:`fima_models._utils.resolve_device` decides the device; under torchrun a bare
+    ``"cuda"`` (or ``"auto"`` on a GPU machine) becomes the GPU of this process's ``local_rank``.
 
     Args:
         device: requested device; ``"auto"`` picks CUDA when available.
@@ -84,16 +90,12 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         The device.
 
     Raises:
-        RuntimeError: if CUDA is requested but unavailable.
+        ValueError: if CUDA is requested but unavailable.
     """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available; pass device=cpu or device=auto")
-        if device == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(device)
+    resolved = _utils.resolve_device(None if device == "auto" else device)
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return resolved
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
@@ -119,7 +121,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
         dist.init_process_group(
             backend=backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
         )
-    logger.info("process group ready: rank %d/%d backend %s device %s", rank, world_size, backend, dev)
+    _logger.info("process group ready: rank %d/%d backend %s device %s", rank, world_size, backend, dev)
     return DistInfo(rank, world_size, local_rank, dev, backend)
 
 
@@ -214,3 +216,13 @@ def any_rank_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def wrap_ddp(model: torch.nn.Module, dist_info: DistInfo, broadcast_buffers: bool = True) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel on this process's device (unchanged on one process)."""
+    if not dist_info.distributed:
+        return model
+    device = dist_info.device
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=broadcast_buffers
+    )

@@ -28,11 +28,11 @@ from typing import Any, Iterable, Mapping
 
 from tqdm.auto import tqdm
 
-from train.common.checkpoint import atomic_write, atomic_write_text
+from fima_models._utils import atomic_write, atomic_write_text
 
 __all__ = ["RunLogger", "Progress", "read_csv", "plot_losses", "setup_console_logging"]
 
-logger = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 
 def setup_console_logging(level: int = logging.INFO, rank: int = 0) -> None:
@@ -101,7 +101,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                logger.warning("tensorboard is not installed; scalars go to %s only (pip install tensorboard)", self.csv_path)
+                _logger.warning("tensorboard is not installed; scalars go to %s only (pip install tensorboard)", self.csv_path)
                 self._tb_requested = False
                 return None
             self._writer = SummaryWriter(str(self._tb_dir), purge_step=purge_step)
@@ -137,7 +137,7 @@ class RunLogger:
                 if name != "step" and isinstance(value, (int, float)):
                     tb.add_scalar(f"{prefix}/{name}", value, int(step))
         if self.print_every and self.rows % self.print_every == 0:
-            logger.info("step %d | %s", step, " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step"))
+            _logger.info("step %d | %s", step, " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "step"))
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from omegaconf import MISSING
 
+from fima_models._utils import TRAINING_PRECISIONS as PRECISIONS
 from train.common.config import ConfigError
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 #: ``device`` values: auto, cpu, cuda or cuda:K.
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 DEVICE_VALUES = "auto, cpu, cuda or cuda:K"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Data set layouts of the downstream recipes.
 DOWNSTREAM_DATASETS = ("ucf101", "hmdb51", "kinetics400", "diving48", "folder", "list")
 #: Data sets with numbered train/test splits (1-3).

@@ -1,15 +1,16 @@
 """Supervised training loop of the downstream recipes, and the fine-tuning recipe.
 
-Fine-tune protocol (DESIGN.md): all layers, 150 epochs, SGD lr 0.01, momentum 0.9,
-weight decay 1e-4, learning rate x0.1 at epochs 60 and 120, batch 16, dropout 0.7
+Fine-tune protocol (docs/recipes.md, "finetune"): all layers, 150 epochs, SGD lr 0.01, momentum
+0.9, weight decay 1e-4, learning rate x0.1 at epochs 60 and 120, batch 16, dropout 0.7
 (UCF101) / 0.5 (HMDB51), the pretraining augmentation without blur; then the
 10-clip test.
 
 :func:`train_loop` is shared with the linear probe: it trains any classifier on a
-data set of ``(input, label)`` pairs with the common pieces of ``train/`` --
-per-step schedules (:mod:`train.common.optim`), autocast (:mod:`train.common.precision`),
-torchrun DDP and a rank-aware resumable sampler, atomic keep-last-K checkpoints with
-exact resume, CSV / TensorBoard / tqdm logging and a loss plot.
+data set of ``(input, label)`` pairs with the training-loop core of pretraining
+(:class:`train.common.loop.TrainLoop`: autocast and gradient scaler, the non-finite-loss
+stop, checkpoint cadence and exact resume), per-step schedules (:mod:`train.common.optim`),
+torchrun DDP and a rank-aware resumable sampler, atomic keep-last-K checkpoints,
+CSV / TensorBoard / tqdm logging and a loss plot.
 """
 
 from __future__ import annotations
@@ -23,45 +24,34 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fima_models.checkpoint import TRAIN_FORMAT
-from train.common.checkpoint import atomic_torch_save, check_train_checkpoint, find_latest_valid, save_checkpoint
-from train.common.distributed import all_gather_object, all_reduce_mean, barrier
+from fima_models._utils import to_channels_last_3d
+from train.common.checkpoint import atomic_torch_save, check_train_checkpoint, find_latest_valid, train_checkpoint
+from train.common.distributed import all_reduce_mean, wrap_ddp
+from train.common.loop import (
+    TRAINING_STATE_KEYS, CheckpointCadence, LoopPosition, StepResult, TrainingParts, TrainLoop, save_synced,
+)
 from train.common.optim import build_optimizer, build_scheduler
-from train.common.precision import autocast, make_grad_scaler, to_channels_last_3d
-from train.common.run_log import Progress, RunLogger, plot_losses
+from train.common.precision import make_grad_scaler
+from train.common.run_log import RunLogger, plot_losses
 from train.common.sampling import ResumableBatchSampler
-from train.common.seed import SeededDataset, get_rng_state, set_rng_state
+from train.common.seed import SeededDataset
 
 from .build import RunContext, build_model, dataset_classes, multiclip_dataset, train_dataset, unwrap
 from .evaluate import finish_run, multiclip_accuracy
 
-__all__ = ["TRAIN_FORMAT", "train_loop", "save_final", "run_finetune"]
+__all__ = ["train_loop", "save_final", "test_and_finish", "run_finetune"]
 
-log = logging.getLogger(__name__)
-
-#: Sections of a checkpoint's ``state`` a resumed fine-tune or linear run reads.
-_RESUME_STATE = ("optimizer", "scheduler", "scaler", "logger", "rng")
+_logger = logging.getLogger(__name__)
 
 
 def _check_resumable(path: Path, state: dict[str, Any]) -> None:
-    check_train_checkpoint(path, state, _RESUME_STATE)
+    check_train_checkpoint(path, state, TRAINING_STATE_KEYS)
 
 
 def _checkpoint(
     ctx: RunContext, model: nn.Module, method: str, epoch: int, step: int, num_classes: int, state: dict[str, Any]
 ) -> dict[str, Any]:
-    return {
-        "format": TRAIN_FORMAT,
-        "version": 1,
-        "model_name": str(ctx.cfg["model"]),
-        "method": method,
-        "epoch": epoch,
-        "step": step,
-        "model": unwrap(model).state_dict(),
-        "num_classes": num_classes,
-        "config": ctx.cfg,
-        "state": state,
-    }
+    return train_checkpoint(str(ctx.cfg["model"]), method, epoch, step, unwrap(model).state_dict(), num_classes, ctx.cfg, state)
 
 
 def save_final(ctx: RunContext, model: nn.Module, method: str, epoch: int, step: int, num_classes: int) -> Path:
@@ -74,12 +64,43 @@ def _per_rank_batch(ctx: RunContext, global_batch: int, num_samples: int) -> int
     per_rank = max(1, int(global_batch) // world)
     if per_rank * world > num_samples:
         fitted = max(1, num_samples // world)
-        log.warning(
+        _logger.warning(
             "batch %d does not fit %d training samples on %d process(es); using %d per process",
             global_batch, num_samples, world, fitted,
         )
         per_rank = fitted
     return per_rank
+
+
+class _EpochStats:
+    """Sample-weighted training loss and accuracy of the current epoch, on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device)
+        self.seen = 0
+
+    def add(self, outputs: Mapping[str, torch.Tensor], batch_size: int) -> None:
+        self.loss_sum += outputs["loss"] * batch_size
+        self.correct += outputs["acc1"] * batch_size
+        self.seen += batch_size
+
+    def means(self) -> dict[str, float]:
+        """``train_loss`` and ``train_acc1`` (percent) over all ranks."""
+        return {
+            "train_loss": all_reduce_mean(self.loss_sum / max(self.seen, 1)).item(),
+            "train_acc1": 100.0 * all_reduce_mean(self.correct / max(self.seen, 1)).item(),
+        }
+
+
+def _classify(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inputs, labels = batch
+    logits = model(inputs)
+    return {"loss": F.cross_entropy(logits.float(), labels), "acc1": (logits.argmax(1) == labels).float().mean()}
 
 
 def train_loop(
@@ -111,6 +132,9 @@ def train_loop(
 
     Returns:
         ``(model, {"train_loss": ..., "train_acc1": ..., "epochs": ..., "steps": ...})``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (the last good checkpoint is kept).
     """
     cfg = ctx.cfg
     device = ctx.device
@@ -139,99 +163,96 @@ def train_loop(
     model.to(device)
     if channels_last:
         to_channels_last_3d(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trainable, section["optim"])
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], section["optim"])
     steps_per_epoch = sampler.batches_per_epoch
-    scheduler = build_scheduler(optimizer, section["schedule"], steps_per_epoch, epochs)
-    scaler = make_grad_scaler(device, ctx.precision)
-    run_log = RunLogger(
-        log_dir,
-        enabled=ctx.is_main,
-        tensorboard=bool(cfg["log"].get("tensorboard", True)),
-        print_every=int(cfg["log"].get("print_every", 10)),
+    parts = TrainingParts(
+        model,
+        optimizer,
+        build_scheduler(optimizer, section["schedule"], steps_per_epoch, epochs),
+        make_grad_scaler(device, ctx.precision),
+        RunLogger(
+            log_dir,
+            enabled=ctx.is_main,
+            tensorboard=bool(cfg["log"].get("tensorboard", True)),
+            print_every=int(cfg["log"].get("print_every", 10)),
+        ),
     )
-    start_epoch, step = 0, 0
+    position = LoopPosition()
     stats = {"train_loss": float("nan"), "train_acc1": float("nan")}
     latest, state = find_latest_valid(ckpt_dir, _check_resumable)
     if latest is not None and state is not None:
         unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["state"]["optimizer"])
-        scheduler.load_state_dict(state["state"]["scheduler"])
-        scaler.load_state_dict(state["state"]["scaler"])
-        run_log.load_state_dict(state["state"]["logger"], step=int(state["step"]))
-        set_rng_state(state["state"]["rng"][min(ctx.dist.rank, len(state["state"]["rng"]) - 1)])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
+        parts.restore(state, ctx.dist.rank, ctx.dist.world_size)
+        position = LoopPosition(step=int(state["step"]), epoch=int(state["epoch"]))
         stats = dict(state["state"].get("stats", stats))
-        log.info("resumed from %s (epoch %d, step %d)", latest, start_epoch, step)
-    if ctx.dist.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+        _logger.info("resumed from %s (epoch %d, step %d)", latest, position.epoch, position.step)
+    loop = TrainLoop(
+        wrap_ddp(model, ctx.dist), optimizer, parts.scheduler, parts.scaler, device, ctx.precision,
+        failure_hint=f"Lower the learning rate ({method}.optim.lr) or use precision=fp32",
+    )
+    loop.last_checkpoint = latest
+    epoch_stats = _EpochStats(device)
+
+    def prepare(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = batch
+        inputs = inputs.to(device, non_blocking=True)
+        return (to_channels_last_3d(inputs) if channels_last else inputs), labels.to(device, non_blocking=True)
+
+    def log_step(result: StepResult) -> None:
+        epoch_stats.add(result.outputs, sampler.batch_size)
+        # the learning rate of the next step, as this log has always shown
+        parts.run_logger.log(result.position.step, {"loss": result.scalars["loss"], "acc1": 100.0 * result.scalars["acc1"],
+                                                    "lr": optimizer.param_groups[0]["lr"], "epoch": result.position.epoch})
+
+    def end_epoch(epoch: int) -> None:
+        stats.update(epoch_stats.means())
+        epoch_stats.reset()
+        _logger.info("%s epoch %d/%d: loss %.4f, train acc %.1f%%", method, epoch + 1, epochs, stats["train_loss"],
+                     stats["train_acc1"])
+
+    def save(pos: LoopPosition) -> Path:
+        return save_synced(
+            ckpt_dir, lambda rngs: _checkpoint(ctx, model, method, pos.epoch, pos.step, num_classes,
+                                               {**parts.training_state(rngs), "stats": dict(stats)}),
+            pos.step, int(section.get("keep_last", 2)), ctx.is_main,
         )
-    progress = Progress(epochs * steps_per_epoch, initial=step, enabled=ctx.is_main, desc=method)
-    for epoch in range(start_epoch, epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        for inputs, labels in loader:
-            inputs = inputs.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if channels_last:
-                inputs = to_channels_last_3d(inputs)
-            with autocast(device, ctx.precision):
-                logits = model(inputs)
-                loss = F.cross_entropy(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{method}: loss is {loss.item()} at epoch {epoch} step {step}; lower the learning rate "
-                    f"({method}.optim.lr) or use precision=fp32"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            batch_acc = (logits.argmax(1) == labels).float().mean()
-            loss_sum += loss.detach() * labels.shape[0]
-            correct += batch_acc.detach() * labels.shape[0]
-            seen += labels.shape[0]
-            scalars = {"loss": loss.item(), "acc1": 100.0 * batch_acc.item(), "lr": optimizer.param_groups[0]["lr"],
-                       "epoch": epoch}
-            run_log.log(step, scalars)
-            progress.update(labels.shape[0] * ctx.dist.world_size, {"loss": scalars["loss"]})
-        epoch_loss = all_reduce_mean(loss_sum / max(seen, 1)).item()
-        epoch_acc = 100.0 * all_reduce_mean(correct / max(seen, 1)).item()
-        stats = {"train_loss": epoch_loss, "train_acc1": epoch_acc}
-        log.info("%s epoch %d/%d: loss %.4f, train acc %.1f%%", method, epoch + 1, epochs, epoch_loss, epoch_acc)
-        last = epoch + 1 == epochs
-        if last or (epoch + 1) % int(section.get("save_every", 1)) == 0:
-            rng = all_gather_object(get_rng_state())
-            if ctx.is_main:
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "logger": run_log.state_dict(),
-                    "rng": rng,
-                    "stats": stats,
-                }
-                save_checkpoint(
-                    _checkpoint(ctx, model, method, epoch + 1, step, num_classes, state),
-                    ckpt_dir,
-                    step=step,
-                    keep_last=int(section.get("keep_last", 2)),
-                )
-            barrier()
-    progress.close()
-    run_log.close()
+
+    cadence = CheckpointCadence(epochs * steps_per_epoch, every_epochs=int(section.get("save_every", 1)))
+    resumed_finished = position.epoch >= epochs
+    model.train()
+    try:
+        position = loop.run(
+            loader, sampler, position, epochs, steps_per_epoch, prepare, _classify,
+            cadence, save, samples_per_step=sampler.batch_size * ctx.dist.world_size, progress=ctx.is_main, desc=method,
+            on_step=log_step, on_epoch_end=end_epoch,
+        )
+    finally:
+        parts.run_logger.close()
     if ctx.is_main:
         plot_losses(log_dir / "metrics.csv", log_dir / "loss.png", columns=["loss"], title=f"{method}: {ctx.out_dir.name}")
-    if start_epoch >= epochs:
-        log.info("%s: nothing left to train (resumed after the last epoch)", method)
-    stats.update({"epochs": float(epochs), "steps": float(step)})
+    if resumed_finished:
+        _logger.info("%s: nothing left to train (resumed after the last epoch)", method)
+    stats.update({"epochs": float(epochs), "steps": float(position.step)})
     return unwrap(model), stats
+
+
+def test_and_finish(
+    ctx: RunContext, model: nn.Module, method: str, weights: dict[str, Any], stats: Mapping[str, float], num_classes: int
+) -> dict[str, float]:
+    """Save a trained classifier as ``final.pt``, run the multi-clip test and write the results.
+
+    Returns:
+        The metrics written to ``results.json`` (the test's and the training ``stats``).
+    """
+    cfg = ctx.cfg
+    if ctx.is_main:
+        save_final(ctx, model, method, int(stats["epochs"]), int(stats["steps"]), num_classes)
+    test_set = multiclip_dataset(cfg, model, False, int(cfg["data"]["test_clips"]))
+    metrics = multiclip_accuracy(model, test_set, ctx, int(cfg["test"]["batch_size"]), int(cfg["data"]["workers"]))
+    metrics.update(stats)
+    if ctx.is_main:
+        finish_run(ctx, method, weights, metrics, extra={"classifier": str(ctx.out_dir / "final.pt")})
+    return metrics
 
 
 def run_finetune(ctx: RunContext) -> dict[str, float]:
@@ -245,13 +266,6 @@ def run_finetune(ctx: RunContext) -> dict[str, float]:
     num_classes = len(dataset_classes(cfg))
     model, weights = build_model(cfg, num_classes, drop_rate=float(section["dropout"]))
     dataset = train_dataset(cfg, model)
-    log.info("fine-tuning on %d training videos, %d classes", len(dataset), num_classes)
+    _logger.info("fine-tuning on %d training videos, %d classes", len(dataset), num_classes)
     model, stats = train_loop(ctx, model, dataset, section, "finetune", num_classes, video_input=True)
-    if ctx.is_main:
-        save_final(ctx, model, "finetune", int(stats["epochs"]), int(stats["steps"]), num_classes)
-    test_set = multiclip_dataset(cfg, model, False, int(cfg["data"]["test_clips"]))
-    metrics = multiclip_accuracy(model, test_set, ctx, int(cfg["test"]["batch_size"]), int(cfg["data"]["workers"]))
-    metrics.update(stats)
-    if ctx.is_main:
-        finish_run(ctx, "finetune", weights, metrics, extra={"classifier": str(ctx.out_dir / "final.pt")})
-    return metrics
+    return test_and_finish(ctx, model, "finetune", weights, stats, num_classes)

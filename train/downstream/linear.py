@@ -35,12 +35,12 @@ from fima_models.checkpoint import CheckpointError
 from train.common.checkpoint import atomic_torch_save, load_checkpoint
 
 from .build import RunContext, build_model, dataset_classes, multiclip_dataset, train_dataset
-from .evaluate import clip_outputs, finish_run, multiclip_accuracy
-from .finetune import save_final, train_loop
+from .evaluate import clip_outputs
+from .finetune import test_and_finish, train_loop
 
 __all__ = ["LinearHead", "LinearProbe", "FeatureDataset", "run_linear"]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 
 class LinearHead(nn.Module):
@@ -134,7 +134,7 @@ def _read_cache(cache: Path) -> dict[str, Any] | None:
         if not bool(torch.isfinite(features).all()):
             raise ValueError("it holds non-finite features")
     except (CheckpointError, ValueError, KeyError, TypeError) as err:
-        log.warning("feature cache %s is unusable (%s); extracting the features again", cache, err)
+        _logger.warning("feature cache %s is unusable (%s); extracting the features again", cache, err)
         return None
     return saved
 
@@ -149,10 +149,10 @@ def _cached_train_features(ctx: RunContext, backbone: nn.Module, weights: dict[s
     if cache.is_file():
         saved = _read_cache(cache)
         if saved is not None and saved.get("key") == repr(key):
-            log.info("reusing cached training features %s", cache)
+            _logger.info("reusing cached training features %s", cache)
             return FeatureDataset(saved["features"], saved["labels"])
         if saved is not None:
-            log.info("cached features %s were made with other settings; extracting again", cache)
+            _logger.info("cached features %s were made with other settings; extracting again", cache)
     dataset = multiclip_dataset(cfg, backbone, True, clips)
     feats, labels = clip_outputs(backbone, dataset, ctx, int(cfg["test"]["batch_size"]), int(cfg["data"]["workers"]),
                                  desc="features")
@@ -160,7 +160,7 @@ def _cached_train_features(ctx: RunContext, backbone: nn.Module, weights: dict[s
     labels = labels.repeat_interleave(clips)
     if ctx.is_main:
         atomic_torch_save({"key": repr(key), "features": feats, "labels": labels}, cache)
-    log.info("cached %d training clip features (%d videos x %d clips, dim %d)", feats.shape[0],
+    _logger.info("cached %d training clip features (%d videos x %d clips, dim %d)", feats.shape[0],
              feats.shape[0] // clips, clips, feats.shape[1])
     return FeatureDataset(feats, labels)
 
@@ -181,7 +181,7 @@ def run_linear(ctx: RunContext) -> dict[str, float]:
     head = LinearHead(int(backbone.num_features), num_classes, str(section.get("feature_norm", "batchnorm")))
     if bool(section.get("augment", False)):
         dataset: Dataset = train_dataset(cfg, backbone)
-        log.info("linear probe with augmentation on %d training videos", len(dataset))
+        _logger.info("linear probe with augmentation on %d training videos", len(dataset))
         probe, stats = train_loop(ctx, LinearProbe(backbone, head), dataset, section, "linear", num_classes)
         head = probe.head
     else:
@@ -194,12 +194,4 @@ def run_linear(ctx: RunContext) -> dict[str, float]:
     with torch.no_grad():
         classifier.weight.copy_(weight.view_as(classifier.weight))
         classifier.bias.copy_(bias.view_as(classifier.bias))
-    model = backbone.to(ctx.device).eval()
-    if ctx.is_main:
-        save_final(ctx, model, "linear", int(stats["epochs"]), int(stats["steps"]), num_classes)
-    test_set = multiclip_dataset(cfg, model, False, int(cfg["data"]["test_clips"]))
-    metrics = multiclip_accuracy(model, test_set, ctx, int(cfg["test"]["batch_size"]), int(cfg["data"]["workers"]))
-    metrics.update(stats)
-    if ctx.is_main:
-        finish_run(ctx, "linear", weights, metrics, extra={"classifier": str(ctx.out_dir / "final.pt")})
-    return metrics
+    return test_and_finish(ctx, backbone.to(ctx.device).eval(), "linear", weights, stats, num_classes)

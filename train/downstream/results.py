@@ -26,7 +26,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from train.common.checkpoint import atomic_write_text
+from fima_models._utils import atomic_write_text
+from train.common.config import to_plain
 
 __all__ = [
     "RESULTS_FORMAT",
@@ -43,9 +44,9 @@ __all__ = [
 RESULTS_FORMAT = "fima-models-downstream"
 RESULTS_VERSION = 1
 
-#: The published numbers DESIGN.md lists: (backbone, protocol, dataset) -> top-1 of FIMA and of the
+#: The published numbers docs/recipes.md lists: (backbone, protocol, dataset) -> top-1 of FIMA and of the
 #: MoCo baseline on the same pipeline (I3D, UCF101-pretrained, 16x224, split 1). The paper also
-#: reports R(2+1)D and Diving48 rows; DESIGN.md does not list them, so they are not reproduced here
+#: reports R(2+1)D and Diving48 rows; docs/recipes.md does not list them, so they are not reproduced here
 #: and those rows show "n/a" instead of a number nobody checked.
 PAPER_RESULTS: dict[tuple[str, str, str], dict[str, float]] = {
     ("i3d", "finetune", "ucf101"): {"fima": 84.2, "moco": 76.7},
@@ -70,7 +71,7 @@ def primary_metric(command: str) -> str:
 
 
 def paper_reference(backbone: str, command: str, dataset: str) -> dict[str, Any] | None:
-    """Published FIMA / MoCo top-1 for a table row, or None when DESIGN.md lists none.
+    """Published FIMA / MoCo top-1 for a table row, or None when docs/recipes.md lists none.
 
     A ``test`` run evaluates a fine-tuned model, so it is compared with the fine-tune row.
     """
@@ -124,19 +125,6 @@ def weights_provenance(model: str, pretrained: bool, checkpoint: str | Path | No
     return {"source": "random", "path": None, "sha256": None, "method": "random init"}
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert paths, tuples and numpy/torch scalars into JSON types."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return obj
-
-
 def write_results(
     out_dir: str | Path,
     *,
@@ -187,7 +175,7 @@ def write_results(
     }
     if extra:
         record.update(dict(extra))
-    record = _jsonable(record)
+    record = to_plain(record)
     path = atomic_write_text(out_dir / "results.json", json.dumps(record, indent=2) + "\n")
     record["run"] = str(out_dir)
     atomic_write_text(out_dir / "results.md", results_table([record]) + "\n")

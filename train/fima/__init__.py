@@ -12,6 +12,8 @@ from train.fima.authors import (
     authors_fima_config,
     convert_authors_state_dict,
     load_authors_checkpoint,
+    read_authors_run,
+    start_from_authors,
 )
 from train.fima.model import DEFAULT_FIMA_CONFIG, METHODS, FimaPretrainer
 
@@ -23,4 +25,6 @@ __all__ = [
     "load_authors_checkpoint",
     "authors_fima_config",
     "AuthorsCheckpointError",
+    "read_authors_run",
+    "start_from_authors",
 ]

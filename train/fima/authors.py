@@ -28,12 +28,19 @@ Kinetics runs, 0 otherwise) -- :func:`authors_fima_config` reads them from the s
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
-__all__ = ["AuthorsCheckpointError", "convert_authors_state_dict", "load_authors_checkpoint", "authors_fima_config"]
+from train.common.config import ConfigError
+
+__all__ = [
+    "AuthorsCheckpointError", "convert_authors_state_dict", "load_authors_checkpoint", "authors_fima_config",
+    "read_authors_run", "start_from_authors",
+]
 
 #: Helper modules of the authors' MoCo that hold no learned state (augmentation constants only).
 _DROPPED_PREFIXES = ("aug_gpu.", "dense_loss.", "caam_mask.", "gen_static_diff.", "pos_embedding.")
@@ -195,3 +202,65 @@ def load_authors_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
             f"found {found}); pass a checkpoint_XXXX.pth.tar"
         )
     return convert_authors_state_dict(ckpt["state_dict"]), int(ckpt["epoch"])
+
+
+def read_authors_run(path: Path, cfg: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], int]:
+    """Read and convert an authors' checkpoint for ``--init-from-authors``, checking this run can hold it.
+
+    Args:
+        path: the authors' ``checkpoint_XXXX.pth.tar``.
+        cfg: the resolved pretraining config.
+
+    Returns:
+        ``(converted state dict, finished epochs)``.
+
+    Raises:
+        ConfigError: the run is not FIMA, has no epochs left after the checkpoint's, or its queue
+            sizes or embedding width differ from the checkpoint's.
+        AuthorsCheckpointError: the file is not a checkpoint of the authors' ``train.py``.
+    """
+    if cfg["method"] != "fima":
+        raise ConfigError(f"--init-from-authors needs method=fima (the authors' module is FIMA); this run is {cfg['method']}")
+    state, epoch = load_authors_checkpoint(path)
+    epochs = int(cfg["train"]["epochs"])
+    if epoch >= epochs:
+        raise ConfigError(f"--init-from-authors {path} has finished {epoch} epochs; set train.epochs above {epoch} to continue")
+    ours = cfg["fima"]
+    wrong = [f"fima.{key}={value} (this run has {ours[key]})" for key, value in authors_fima_config(state).items() if ours[key] != value]
+    if wrong:
+        raise ConfigError(f"--init-from-authors {path} needs {', '.join(wrong)}; set those keys to the checkpoint's values")
+    return state, epoch
+
+
+def start_from_authors(
+    model: nn.Module,
+    scheduler: Any,
+    authors: tuple[dict[str, torch.Tensor], int],
+    path: Path,
+    arch: str,
+    steps_per_epoch: int,
+) -> int:
+    """Load the converted authors' state strictly and move the schedule to their epoch; returns that epoch.
+
+    Raises:
+        ConfigError: the state does not fit ``model`` (other keys or shapes).
+    """
+    state, epoch = authors
+    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    if missing or unexpected:
+        raise ConfigError(
+            f"--init-from-authors {path} does not fit model.arch={arch}: missing keys "
+            f"{sorted(missing)[:5]} ({len(missing)}), unexpected keys {sorted(unexpected)[:5]} ({len(unexpected)}); "
+            "set model.arch to the backbone the authors' run trained"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # same keys, other shapes
+        raise ConfigError(f"--init-from-authors {path} does not fit this run: {str(exc).splitlines()[-1].strip()}") from None
+    steps = epoch * steps_per_epoch
+    with warnings.catch_warnings():
+        # the schedule is moved, not stepped by training: torch would warn that no optimizer step came first
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.last_epoch = steps - 1
+        scheduler.step()
+    return epoch

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fima_models._utils import to_channels_last_3d
 from train.common.distributed import all_gather_cat
-from train.common.precision import to_channels_last_3d
 from train.fima.heads import MotionDecoder, Projector
 from train.fima.losses import (
     dense_motion_loss,
@@ -98,7 +98,7 @@ class FimaPretrainer(nn.Module):
         method: ``"fima"`` or ``"moco"``.
         cfg: ``fima`` config section; missing keys take :data:`DEFAULT_FIMA_CONFIG` values.
         channels_last: feed encoder inputs in ``channels_last_3d`` memory format (convert the
-            encoders' weights with :func:`train.common.precision.to_channels_last_3d` too).
+            encoders' weights with :func:`fima_models._utils.to_channels_last_3d` too).
 
     Raises:
         ValueError: for an unknown method, an encoder without ``forward_features``/``num_features``
