@@ -2,8 +2,8 @@
 
 Each RUN_DIR is a run folder holding ``results.json`` (written by ``python -m
 train {finetune,linear,retrieval,test}``) or any folder above run folders; those
-are searched recursively. The table puts the paper's published numbers (from
-DESIGN.md) beside ours. When the same protocol / data set / backbone / weights was
+are searched recursively. The table puts the paper's published numbers (as
+docs/recipes.md lists them) beside ours. When the same protocol / data set / backbone / weights was
 run on several splits, a "mean" row averages them, as the paper does for "all 3
 splits".
 """
@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fima_models._utils import describe_os_error
-from train.common.checkpoint import atomic_write_text
+from fima_models._utils import atomic_write_text
 from train.downstream.results import load_results, results_table
 
 __all__ = ["collect_results", "split_means", "summarize", "main"]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 
 def collect_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ def collect_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             try:
                 loaded.append(load_results(file))
             except ValueError as err:  # other tools' results.json (e.g. the demo's summary) are skipped
-                log.info("skipping %s: %s", file, err)
+                _logger.info("skipping %s: %s", file, err)
         if not loaded:
             raise FileNotFoundError(f"no downstream results.json under {path}")
         records.extend(loaded)
@@ -106,23 +106,41 @@ def summarize(paths: Sequence[str | Path], out: str | Path | None = None) -> str
             "",
             results_table(records + split_means(records)),
             "",
-            "Paper columns: published top-1 (I3D, UCF101-pretrained, 16x224) as listed in DESIGN.md; "
-            "n/a where DESIGN.md lists no number.",
+            "Paper columns: published top-1 (I3D, UCF101-pretrained, 16x224) as listed in docs/recipes.md; "
+            "n/a where it lists no number.",
             "",
         ]
     )
     if out is not None:
         atomic_write_text(out, text)
-        log.info("wrote %s (%d runs)", out, len(records))
+        _logger.info("wrote %s (%d runs)", out, len(records))
     return text
+
+
+_DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run folders (or folders above them) holding results.json")
+    parser.add_argument("--out", default=None, help="write the markdown table here as well as printing it")
+    parser.set_defaults(func=lambda args: run_command(args, parser))
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``summarize`` command to ``python -m train``'s sub-command parsers."""
+    _add_arguments(subparsers.add_parser("summarize", help="one table of many downstream runs", description=_DESCRIPTION))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m train summarize", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders (or folders above them) holding results.json")
-    parser.add_argument("--out", default=None, help="write the markdown table here as well as printing it")
+    parser = argparse.ArgumentParser(prog="python -m train summarize", description=_DESCRIPTION)
+    _add_arguments(parser)
     args = parser.parse_args(argv)
+    return run_command(args, parser)
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Print (and with ``--out`` write) the table of ``args.runs``; usage errors exit through ``parser``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.out is not None and Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a folder; pass a file name such as {Path(args.out) / 'results.md'}")

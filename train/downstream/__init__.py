@@ -31,9 +31,9 @@ from train.common.config import ConfigError, load_yaml, resolve
 from train.common.distributed import cleanup_distributed
 from train.common.schema import DOWNSTREAM_DATASETS, DownstreamConfig, check_downstream
 
-__all__ = ["COMMANDS", "DATASETS", "BASE_CONFIG", "resolve_config", "run", "main"]
+__all__ = ["COMMANDS", "DATASETS", "BASE_CONFIG", "resolve_config", "run", "main", "register", "run_command"]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 COMMANDS = ("finetune", "linear", "retrieval", "test")
 DATASETS = DOWNSTREAM_DATASETS
@@ -117,20 +117,18 @@ def run(cfg: dict[str, Any]) -> dict[str, float]:
     return _runner(str(cfg["command"]))(ctx)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m train",
-        description="Downstream recipes: fine-tune, linear probe, retrieval, multi-clip test.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
-    helps = {
-        "finetune": "fine-tune all layers, then the 10-clip test",
-        "linear": "linear probe on the frozen backbone, then the 10-clip test",
-        "retrieval": "train split as gallery, test split as queries: Recall@1/5/10/20/50",
-        "test": "10-clip x centre-crop test of a trained classifier",
-    }
+_HELPS = {
+    "finetune": "fine-tune all layers, then the 10-clip test",
+    "linear": "linear probe on the frozen backbone, then the 10-clip test",
+    "retrieval": "train split as gallery, test split as queries: Recall@1/5/10/20/50",
+    "test": "10-clip x centre-crop test of a trained classifier",
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add ``finetune``, ``linear``, ``retrieval`` and ``test`` to ``python -m train``'s sub-command parsers."""
     for command in COMMANDS:
-        p = sub.add_parser(command, help=helps[command], description=helps[command])
+        p = subparsers.add_parser(command, help=_HELPS[command], description=_HELPS[command])
         p.add_argument("--config", default=None, help="row config YAML (train/configs/downstream/*.yaml)")
         p.add_argument("--dataset", choices=DATASETS, default=None, help="data set layout")
         p.add_argument("--root", default=None, help="data set folder")
@@ -143,15 +141,29 @@ def _parser() -> argparse.ArgumentParser:
                             "classifier written by finetune/linear (test)")
         p.add_argument("--out", default=None, help="run folder (resumes when it holds checkpoints)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. finetune.epochs=10")
+        p.set_defaults(func=run_command)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Downstream recipes: fine-tune, linear probe, retrieval, multi-clip test.",
+    )
+    register(parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}"))
     return parser
 
 
 def main(argv: list[str]) -> int:
     """Command-line entry point; ``argv[0]`` is the command name. Returns the exit status."""
-    args = _parser().parse_args(argv)
+    return run_command(_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed downstream command; returns the exit status (2: configuration, 3: non-finite loss)."""
     from fima_models import UnknownModelError
     from fima_models._utils import describe_os_error
     from fima_models.checkpoint import CheckpointError
+    from train.common.loop import NonFiniteLossError
 
     flags = {key: getattr(args, attr) for attr, key in _FLAG_KEYS.items()}
     flags["pretrained"] = args.pretrained
@@ -159,11 +171,14 @@ def main(argv: list[str]) -> int:
         cfg = resolve_config(args.command, args.config, flags, args.overrides)
         run(cfg)
     except (ConfigError, FileNotFoundError, UnknownModelError, CheckpointError) as err:
-        logging.getLogger("train").error("%s: %s", args.command, err)
+        _logger.error("%s: %s", args.command, err)
         return 2
     except OSError as err:  # read-only or full disk, --out that is a file
-        logging.getLogger("train").error("%s: %s", args.command, describe_os_error(err))
+        _logger.error("%s: %s", args.command, describe_os_error(err))
         return 1
+    except NonFiniteLossError as err:
+        _logger.error("%s: %s", args.command, err)
+        return 3
     finally:
         cleanup_distributed()
     return 0

@@ -1,6 +1,6 @@
 """The multi-clip test and batched, distributed clip inference shared by all recipes.
 
-Protocol (DESIGN.md, "Downstream protocols"): every test video is cut into 10
+Protocol (docs/recipes.md, "test"): every test video is cut into 10
 clips spread uniformly over its length; each clip is resized (short side to
 ``size / 0.875``) and centre-cropped; the model's logits of the 10 clips are
 averaged and top-1 / top-5 accuracy is reported.
@@ -41,7 +41,7 @@ from .results import weights_provenance, write_results
 
 __all__ = ["clip_outputs", "multiclip_accuracy", "run_test", "finish_run"]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 
 class _WithIndex(Dataset):
@@ -150,7 +150,7 @@ def multiclip_accuracy(
     acc = topk_accuracy(average_clip_logits(logits), labels, TOPK)
     metrics = {f"top{k}": v for k, v in acc.items()}
     metrics.update({"num_videos": float(logits.shape[0]), "num_clips": float(logits.shape[1])})
-    log.info("multi-clip test on %d videos x %d clips: top-1 %.2f, top-5 %.2f",
+    _logger.info("multi-clip test on %d videos x %d clips: top-1 %.2f, top-5 %.2f",
              logits.shape[0], logits.shape[1], metrics["top1"], metrics["top5"])
     return metrics
 
@@ -204,4 +204,4 @@ def finish_run(
         wall_time_s=ctx.elapsed(),
         extra=extra,
     )
-    log.info("wrote %s", path)
+    _logger.info("wrote %s", path)

@@ -1,6 +1,6 @@
 """Nearest-neighbour video retrieval with frozen features.
 
-Protocol (DESIGN.md): the training split is the gallery, the test split the
+Protocol (docs/recipes.md, "retrieval"): the training split is the gallery, the test split the
 queries. A video's feature is the mean of the backbone's pooled features of
 ``retrieval.clips`` clips spread uniformly over it (centre crop, as in the
 test). Features are mean-centred with the gallery mean and L2-normalised; the
@@ -19,7 +19,7 @@ from .metrics import retrieval_recall
 
 __all__ = ["run_retrieval"]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 
 def run_retrieval(ctx: RunContext) -> dict[str, float]:
@@ -44,7 +44,7 @@ def run_retrieval(ctx: RunContext) -> dict[str, float]:
     recall = retrieval_recall(queries.mean(1), query_labels, gallery.mean(1), gallery_labels, ks)
     metrics = {f"R@{k}": v for k, v in recall.items()}
     metrics.update({"num_queries": float(queries.shape[0]), "num_gallery": float(gallery.shape[0])})
-    log.info("retrieval: %s", ", ".join(f"R@{k} {v:.1f}" for k, v in recall.items()))
+    _logger.info("retrieval: %s", ", ".join(f"R@{k} {v:.1f}" for k, v in recall.items()))
     if ctx.is_main:
         finish_run(ctx, "retrieval", weights, metrics)
     return metrics
