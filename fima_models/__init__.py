@@ -5,7 +5,7 @@
 """
 from fima_models._factory import MODEL_ALIASES, UnknownModelError, create_model, list_models, list_pretrained
 from fima_models.features import VideoFeatures, extract_features
-from fima_models.pretrained import PretrainedWeightsUnavailable
+from fima_models.models import PretrainedWeightsUnavailable
 
 __version__ = '0.1.0'
 

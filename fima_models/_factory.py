@@ -1,8 +1,8 @@
-"""Model creation and discovery: the library's front door.
+"""Model creation and discovery: the library's front door, on top of the registry.
 
 :func:`create_model` accepts everything timm's does on our registered video models, plus the
-short aliases of the zoo (``r2plus1d_fima`` ...) and the ``hf-hub:`` / ``local-dir:`` sources
-understood by :mod:`fima_models.pretrained`.
+short aliases of the zoo (``r2plus1d_fima`` ..., :mod:`fima_models.models._registry`) and the
+``hf-hub:`` / ``local-dir:`` sources (:func:`fima_models.models.resolve_model_source`).
 """
 import difflib
 import fnmatch
@@ -12,17 +12,10 @@ import timm
 from timm.models import get_pretrained_cfg, is_model, list_models as _timm_list_models, model_entrypoint
 from torch import nn
 
-import fima_models.models  # noqa: F401  (registers the architectures with timm)
+from fima_models.models import resolve_model_source  # importing the package registers the architectures
+from fima_models.models._registry import MODEL_ALIASES, resolve_alias
 
 __all__ = ['create_model', 'list_models', 'list_pretrained', 'resolve_alias', 'MODEL_ALIASES', 'UnknownModelError']
-
-#: Short names that resolve to the default FIMA weights of an architecture.
-MODEL_ALIASES: Dict[str, str] = {
-    'r2plus1d_fima': 'r2plus1d_18.fima_k400',
-    'r3d_fima': 'r3d_18.fima_k400',
-    's3d_fima': 's3d.fima_k400',
-    'i3d_fima': 'i3d.fima_k400',
-}
 
 _SOURCE_PREFIXES = ('hf-hub:', 'local-dir:')
 
@@ -32,11 +25,6 @@ class UnknownModelError(ValueError, RuntimeError):
 
     A RuntimeError too, as timm raises for unknown models, so existing handlers keep working.
     """
-
-
-def resolve_alias(name: str) -> str:
-    """Return the ``arch.tag`` name an alias stands for, or ``name`` itself."""
-    return MODEL_ALIASES.get(name, name)
 
 
 def _is_video_model(arch: str) -> bool:
@@ -94,8 +82,6 @@ def create_model(
             f"model_name must be a model name such as 'r2plus1d_18', got {model_name!r}; run `fima-models list` "
             'for the registered names')
     if model_name.startswith(_SOURCE_PREFIXES):
-        from fima_models.pretrained import resolve_model_source
-
         arch, source_cfg, model_kwargs = resolve_model_source(model_name)
         overlay = {**source_cfg, **(pretrained_cfg_overlay or {})}
         return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, **{**model_kwargs, **kwargs})

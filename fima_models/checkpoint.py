@@ -13,7 +13,7 @@ and pulls out the backbone ``state_dict`` with the model's own key names::
     extracted.state_dict    # keys like 'stem.0.weight', 'layer1.0.conv1.0.0.weight', ...
     extracted.dropped       # 'module.encoder_k.*', 'module.queue', 'module.decoder.*', ...
 
-Both :func:`fima_models.pretrained.load_pretrained` and :func:`fima_models.convert.convert_checkpoint`
+Both :func:`fima_models.models.load_pretrained` and :func:`fima_models.convert.convert_checkpoint`
 use it, so every loading path understands the same formats.
 """
 import argparse
@@ -26,15 +26,14 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import torch
 
+from fima_models._utils import TRAIN_CHECKPOINT_FORMAT, describe_error
+
 __all__ = [
-    'CheckpointError', 'UnsafeCheckpointError', 'ExtractedCheckpoint', 'TRAIN_FORMAT',
+    'CheckpointError', 'UnsafeCheckpointError', 'ExtractedCheckpoint',
     'read_checkpoint', 'extract_backbone', 'load_backbone_state_dict', 'summarize_keys', 'require_finite',
 ]
 
 _logger = logging.getLogger(__name__)
-
-#: ``format`` field of the checkpoints written by this project's ``train/`` package.
-TRAIN_FORMAT = 'fima-models-train'
 
 #: Prefixes under which self-supervised checkpoints keep the pretrained (query) encoder.
 _ENCODER_PREFIXES = ('encoder_q.', 'backbone.')
@@ -139,8 +138,8 @@ def _unpickling_detail(err: BaseException) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The first line of an error's text (torch's parse errors add paragraphs of advice)."""
+    return describe_error(err).splitlines()[0]
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -185,7 +184,7 @@ def extract_backbone(obj: Any) -> ExtractedCheckpoint:
     """
     meta: Dict[str, Any] = {}
     fmt = 'state_dict'
-    if isinstance(obj, Mapping) and obj.get('format') == TRAIN_FORMAT:
+    if isinstance(obj, Mapping) and obj.get('format') == TRAIN_CHECKPOINT_FORMAT:
         meta = _meta(obj, ('model_name', 'method', 'epoch', 'step', 'num_classes', 'version'))
         if isinstance(obj.get('config'), Mapping):
             meta['config'] = dict(obj['config'])
@@ -195,7 +194,7 @@ def extract_backbone(obj: Any) -> ExtractedCheckpoint:
                 "This fima-models train checkpoint has no 'model' state_dict; it may be truncated. "
                 'Use a checkpoint written by `python -m train` after at least one save.')
         sd, dropped = _strip(sd, 'module.') if all(k.startswith('module.') for k in sd) else (dict(sd), [])
-        return ExtractedCheckpoint(sd, TRAIN_FORMAT, dropped, meta)
+        return ExtractedCheckpoint(sd, TRAIN_CHECKPOINT_FORMAT, dropped, meta)
 
     if isinstance(obj, Mapping) and not _is_state_dict(obj):
         meta = _meta(obj, ('epoch', 'arch', 'best_acc1'))

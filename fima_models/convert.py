@@ -27,14 +27,16 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import save_file
+from timm.models import model_entrypoint
 
-from fima_models._utils import default_dir_mode, default_file_mode
+from fima_models._factory import create_model, list_pretrained, resolve_alias
+from fima_models._utils import TRAIN_CHECKPOINT_FORMAT, default_dir_mode, default_file_mode
 from fima_models.checkpoint import (
-    TRAIN_FORMAT, CheckpointError, ExtractedCheckpoint, load_backbone_state_dict, require_finite, summarize_keys,
+    CheckpointError, ExtractedCheckpoint, load_backbone_state_dict, require_finite, summarize_keys,
 )
-from fima_models.pretrained import (
-    _SOURCE_FIELDS, CONFIG_NAME, SAFE_WEIGHTS_NAME, _as_list, _under, load_state_dict_strict,
-)
+from fima_models.models import load_state_dict_strict, pretrained_cfg_dict
+from fima_models.models._hub import CONFIG_NAME, SAFE_WEIGHTS_NAME, SOURCE_FIELDS
+from fima_models.models._manipulate import as_name_list, keys_under
 
 __all__ = [
     'ConversionResult', 'OutputExistsError', 'convert_checkpoint', 'render_model_card', 'build_config',
@@ -94,7 +96,6 @@ class ConversionResult:
 
 def _filter_fn(arch: str) -> Optional[Callable]:
     """The ``checkpoint_filter_fn`` of the model file that registers ``arch``, timm convention."""
-    from timm.models import model_entrypoint
     module = sys.modules.get(model_entrypoint(arch).__module__)
     return getattr(module, 'checkpoint_filter_fn', None)
 
@@ -123,7 +124,7 @@ def build_config(model: torch.nn.Module, overrides: Optional[Mapping[str, Any]] 
     Returns:
         ``{"architecture", "num_classes", "num_features", "pretrained_cfg", ["model_args"]}``.
     """
-    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in _SOURCE_FIELDS and v is not None}
+    cfg = {k: v for k, v in pretrained_cfg_dict(model).items() if k not in SOURCE_FIELDS and v is not None}
     cfg.update(overrides or {})
     cfg['num_classes'] = model.num_classes
     if cfg.get('input_size'):
@@ -250,14 +251,13 @@ def install_staged(staged: Path, out_dir: Path) -> None:
 
 
 def _split_name(model_name: str, tag: Optional[str]) -> Tuple[str, str]:
-    from fima_models._factory import resolve_alias
     arch, _, name_tag = resolve_alias(model_name).partition('.')
     return arch, tag if tag is not None else name_tag
 
 
 def _check_train_arch(extracted: ExtractedCheckpoint, arch: str) -> None:
     ckpt_arch = extracted.meta.get('model_name')
-    if extracted.format == TRAIN_FORMAT and ckpt_arch and str(ckpt_arch).split('.', 1)[0] != arch:
+    if extracted.format == TRAIN_CHECKPOINT_FORMAT and ckpt_arch and str(ckpt_arch).split('.', 1)[0] != arch:
         raise CheckpointError(
             f"The checkpoint was trained as '{ckpt_arch}', not '{arch}'. Pass --model {ckpt_arch}.")
 
@@ -342,8 +342,6 @@ def convert_checkpoint(
         OSError: The output cannot be written (disk full, read-only ...); ``out_dir`` keeps its
             previous content.
     """
-    from fima_models._factory import create_model, list_pretrained
-
     out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))  # `--out .` has a name and a parent
     check_output_folder(out_dir, Path(src), overwrite, keep_other_files,
                         (SAFE_WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, *extra_files))
@@ -354,13 +352,13 @@ def convert_checkpoint(
     registered = f'{arch}.{tag}' if tag and f'{arch}.{tag}' in list_pretrained(f'{arch}.*') else arch
     with torch.device('meta'):  # configuration only: allocates nothing
         probe = create_model(registered, num_classes=0)
-    cfg = dict(probe.pretrained_cfg)
+    cfg = pretrained_cfg_dict(probe)
     inherited = dict(cfg) if registered != arch else {k: v for k, v in cfg.items() if k not in _WEIGHT_FIELDS}
     filter_fn = _filter_fn(arch)
     sd = filter_fn(dict(extracted.state_dict), probe) if filter_fn else dict(extracted.state_dict)
 
-    heads = _as_list(cfg.get('classifier'))
-    head_keys = [k for k in sd if _under(k, heads)]
+    heads = as_name_list(cfg.get('classifier'))
+    head_keys = keys_under(sd, heads)
     dropped = list(extracted.dropped)
     num_classes = 0
     if keep_head:
@@ -375,7 +373,7 @@ def convert_checkpoint(
             del sd[k]
         dropped += head_keys
     in_chans = getattr(probe, 'in_chans', 3)
-    for conv in _as_list(cfg.get('first_conv')):
+    for conv in as_name_list(cfg.get('first_conv')):
         w = sd.get(f'{conv}.weight')
         if w is not None and w.ndim == 5:
             in_chans = int(w.shape[1])

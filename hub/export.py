@@ -5,6 +5,7 @@ The folder holds what :func:`fima_models.convert.convert_checkpoint` writes (``m
 checkpoint's training config) and the evaluation results, plus a ``SHA256SUMS`` manifest of every
 file. Like the converter, it is assembled beside the destination and renamed into place.
 """
+import argparse
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -142,3 +143,31 @@ def export_checkpoint(
         extra_files=(MANIFEST_NAME,))
     return ExportResult(out_dir=conversion.out_dir, name=name, repo_id=repo_id, conversion=conversion,
                         metrics=metrics, manifest=manifest)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``python -m hub export``: write the release folder and say what to run next."""
+    result = export_checkpoint(args.checkpoint, args.model, args.tag, args.out, results=args.results,
+                               repo_id=args.repo_id, keep_head=args.keep_head, overwrite=args.overwrite,
+                               keep_other_files=args.keep_other_files)
+    print(result.conversion.summary())
+    print(f'Wrote {result.out_dir}/SHA256SUMS ({len(result.manifest)} files) for {result.name} '
+          f'-> hf-hub:{result.repo_id}')
+    print(f'Next: python -m hub publish {result.out_dir} --repo-id {result.repo_id} --dry-run')
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``export`` to the ``python -m hub`` command line."""
+    p = subparsers.add_parser('export', help='checkpoint -> release folder (weights, config, card, SHA256SUMS)')
+    p.add_argument('checkpoint', metavar='CKPT')
+    p.add_argument('--model', required=True, help='architecture, e.g. r2plus1d_18')
+    p.add_argument('--tag', required=True, help='pretrained tag, e.g. fima_ucf101')
+    p.add_argument('--out', required=True, metavar='DIR')
+    p.add_argument('--results', default=None, metavar='JSON', help='evaluation results for the card and config')
+    p.add_argument('--repo-id', default=None, help='hub repo (default: the zoo repo of arch.tag)')
+    p.add_argument('--keep-head', action='store_true', help="keep the checkpoint's classifier")
+    p.add_argument('--overwrite', action='store_true', help='replace the files of an earlier export in DIR (only those)')
+    p.add_argument('--keep-other-files', action='store_true',
+                   help='write into a DIR that holds other files (they are left untouched)')
+    return p

@@ -5,6 +5,7 @@ config, and that ``create_model('local-dir:DIR')`` loads it strictly) and lists 
 uploaded, without any network access. Without ``--dry-run`` it creates the repo if needed and
 uploads the folder with ``huggingface_hub.HfApi.upload_folder``.
 """
+import argparse
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import fima_models
-from fima_models.pretrained import CONFIG_NAME, SAFE_WEIGHTS_NAME
+from fima_models.models import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from hub.export import MANIFEST_NAME, read_manifest, sha256_file
 
@@ -148,3 +149,24 @@ def publish(
     plan.commit_url = str(getattr(info, 'commit_url', info))
     _logger.info('Published %s to %s', folder, repo_id)
     return plan
+
+
+def run(args: argparse.Namespace) -> int:
+    """``python -m hub publish``: validate, then upload (or list, with ``--dry-run``)."""
+    plan = publish(args.folder, args.repo_id, dry_run=args.dry_run, private=args.private,
+                   commit_message=args.message)
+    print(plan.summary())
+    if plan.dry_run:
+        print('Dry run: the folder is valid and nothing was uploaded.')
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``publish`` to the ``python -m hub`` command line."""
+    p = subparsers.add_parser('publish', help='validate a release folder and upload it to the Hugging Face hub')
+    p.add_argument('folder', metavar='DIR')
+    p.add_argument('--repo-id', required=True, help='ORG/NAME')
+    p.add_argument('--dry-run', action='store_true', help='validate and list files; upload nothing')
+    p.add_argument('--private', action='store_true', help='create the repo as private')
+    p.add_argument('--message', default=None, help='commit message')
+    return p

@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fima_models.cli.weights as weights_cli
+import fima_models.cli.download as download_cli
 from fima_models.cli import main
-from fima_models.cli.models import markdown_model_table, summarize_model
+from fima_models.cli.info import summarize_model
+from fima_models.cli.list_models import markdown_model_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = re.compile(r'<!-- model-table:start -->\n(.*?)<!-- model-table:end -->', re.S)
@@ -44,12 +45,23 @@ def test_i3d_gflops_at_default_input():
 
 
 def test_model_table_in_docs_is_generated_from_registry():
-    expected = markdown_model_table()
-    for doc in ('README.md', 'docs/models.md'):
+    for doc, prefix in (('README.md', ''), ('docs/models.md', '../')):
         match = TABLE.search((ROOT / doc).read_text())
         assert match, f'{doc} has no model-table markers'
-        assert match.group(1) == expected, (
-            f'{doc} model table is stale: regenerate with `fima-models list --markdown`')
+        assert match.group(1) == markdown_model_table(prefix), (
+            f'{doc} model table is stale: regenerate with `fima-models list --markdown --link-prefix "{prefix}"`')
+
+
+def test_model_table_links_every_model_to_an_existing_source_file(capsys):
+    assert main(['list', '--markdown', '--link-prefix', '../']) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    links = [re.search(r'\| \[(\w+\.py)\]\(\.\./([\w/]+\.py)\) \|$', row) for row in rows]
+    assert rows and all(links), rows
+    for row, link in zip(rows, links):
+        arch = row.split('`')[1]
+        path = ROOT / link.group(2)
+        assert path.name == link.group(1) and path.is_file()
+        assert f'def {arch}(' in path.read_text(), f'{path} does not define {arch}'
 
 
 def test_console_script_entry_point_runs():
@@ -62,7 +74,7 @@ def test_os_error_is_one_line_naming_the_path(capsys, monkeypatch):
     def read_only_cache(name):
         raise OSError(errno.EROFS, 'Read-only file system', '/cache/hub/model.safetensors')
 
-    monkeypatch.setattr(weights_cli, 'download_pretrained', read_only_cache)
+    monkeypatch.setattr(download_cli, 'download_pretrained', read_only_cache)
     assert main(['download', 'r2plus1d_18.tv_k400']) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fima-models download: error: cannot write '/cache/hub/model.safetensors': "

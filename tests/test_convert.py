@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import fima_models
-from fima_models.checkpoint import TRAIN_FORMAT, CheckpointError
+from fima_models._utils import TRAIN_CHECKPOINT_FORMAT
+from fima_models.checkpoint import CheckpointError
 from fima_models.cli import main as cli_main
 from fima_models.convert import OutputExistsError, convert_checkpoint
 from tests.test_checkpoint import ARCH, FORMATS, make_backbone, train_checkpoint, write_checkpoint
@@ -57,7 +58,7 @@ def test_keep_head_of_a_finetuned_train_checkpoint(tmp_path):
     ckpt = tmp_path / 'finetune.pth'
     torch.save(train_checkpoint(model.state_dict(), method='finetune', num_classes=7), ckpt)
     result = convert_checkpoint(ckpt, ARCH, tmp_path / 'head', keep_head=True)
-    assert result.num_classes == 7 and result.format == TRAIN_FORMAT
+    assert result.num_classes == 7 and result.format == TRAIN_CHECKPOINT_FORMAT
     loaded = fima_models.create_model(f'local-dir:{tmp_path / "head"}').eval()
     with torch.no_grad():
         x = torch.randn(2, 3, 4, 32, 32)

@@ -6,8 +6,6 @@ built on the meta device (parameter counts, output shapes) so the file stays fas
 import copy
 import itertools
 import math
-import sys
-import types
 
 import pytest
 import timm
@@ -39,6 +37,15 @@ def _meta_model(name: str, **kwargs) -> nn.Module:
 
 def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _intermediates(name: str):
+    """A tiny model in eval mode, a clip, and the model's final map and five intermediate maps of it."""
+    model = timm.create_model(name).eval()
+    x = _clip()
+    with torch.no_grad():
+        final, feats = model.forward_intermediates(x)
+    return model, x, final, feats
 
 
 # --- registration ----------------------------------------------------------------------------
@@ -170,10 +177,8 @@ def test_features_only_out_indices(name, feature_cls):
 
 @pytest.mark.parametrize('name', TEST_MODELS)
 def test_forward_intermediates(name):
-    model = timm.create_model(name).eval()
-    x = _clip()
+    model, x, final, feats = _intermediates(name)
     with torch.no_grad():
-        final, feats = model.forward_intermediates(x)
         assert torch.equal(final, model.forward_features(x))
         assert torch.equal(feats[-1], final) and len(feats) == 5
         only = model.forward_intermediates(x, indices=[0, -2], intermediates_only=True)
@@ -194,12 +199,10 @@ def test_stop_early_stops(name):
 
 @pytest.mark.parametrize('name', TEST_MODELS)
 def test_prune_intermediate_layers(name):
-    model = timm.create_model(name).eval()
-    x = _clip()
+    model, x, _, before = _intermediates(name)
+    n_before = _n_params(model)
+    assert model.prune_intermediate_layers([0, 2]) == [0, 2]
     with torch.no_grad():
-        _, before = model.forward_intermediates(x)
-        n_before = _n_params(model)
-        assert model.prune_intermediate_layers([0, 2]) == [0, 2]
         after = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
     assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[2])
     assert _n_params(model) < n_before
@@ -403,7 +406,8 @@ def test_same_padding_hand_values():
 
 
 def test_static_padding_hand_values():
-    # DESIGN.md, the FIMA authors' rule: total max(k - s, 0), smaller half before, at every size
+    # the FIMA authors' rule (fima_models/models/i3d.py docstring): total max(k - s, 0), smaller half before,
+    # at every size
     assert static_padding(7, 2) == (2, 3)
     assert static_padding(3, 2) == (0, 1)
     assert static_padding(2, 2) == (0, 0)
@@ -420,8 +424,8 @@ def test_static_padding_hand_values():
 
 
 @pytest.mark.parametrize('kernel, stride', [(7, 2), (3, 2), (2, 2), (3, 1), (1, 1)])
-def test_same_padding_equals_design_formula_on_divisible_sizes(kernel, stride):
-    """DESIGN.md: total max(k - s, 0), smaller half before - identical whenever size % stride == 0."""
+def test_same_padding_equals_static_formula_on_divisible_sizes(kernel, stride):
+    """The static rule, total max(k - s, 0), smaller half before, equals TensorFlow's whenever size % stride == 0."""
     for size in range(stride, 64, stride):
         total = max(kernel - stride, 0)
         assert same_padding(size, kernel, stride) == (total // 2, total - total // 2)
@@ -613,20 +617,24 @@ def test_resnet_filter_flattens_conv_head():
 
 # --- builder ---------------------------------------------------------------------------------
 
-def test_build_video_model_pretrained_calls_loader_before_feature_wrap(monkeypatch):
-    calls = []
-
-    def load_pretrained(model, pretrained_cfg=None, filter_fn=None):
-        calls.append((type(model).__name__, pretrained_cfg['tag'], filter_fn))
-
-    fake = types.ModuleType('fima_models.pretrained')
-    fake.load_pretrained = load_pretrained
-    monkeypatch.setitem(sys.modules, 'fima_models.pretrained', fake)
+def test_pretrained_features_only_loads_weights_before_the_feature_wrap(tmp_path):
+    """pretrained=True with features_only=True: the checkpoint goes through the model file's filter
+    into the plain model, then the wrapper is built on it and keeps the tag's pretrained config."""
+    widths = dict(stem_widths=(8, 8, 8), mixed_widths=[(4,) * 6] * 9)
+    src = timm.create_model('i3d', num_classes=6, **widths)
+    sd = {k: v for k, v in src.state_dict().items() if not k.startswith('fc.')}
+    sd['conv3d_0c_1x1.conv3d.weight'] = src.fc.weight[:, :, None, None, None].clone()  # reference-style head
+    sd['conv3d_0c_1x1.conv3d.bias'] = src.fc.bias.clone()
+    path = tmp_path / 'i3d.pth'
+    torch.save({'state_dict': sd}, path)
     model = timm.create_model('i3d.fima_ucf101', pretrained=True, features_only=True, out_indices=(4,),
-                              stem_widths=(8, 8, 8), mixed_widths=[(4,) * 6] * 9)
-    assert calls == [('I3D', 'fima_ucf101', i3d_mod.checkpoint_filter_fn)]
+                              pretrained_cfg_overlay=dict(file=str(path)), **widths)
     assert type(model).__name__ == 'FeatureGetterNet'
-    assert model.pretrained_cfg['metrics']['ucf101_finetune'] == 84.2
+    assert model.pretrained_cfg['tag'] == 'fima_ucf101' and model.pretrained_cfg['metrics']['ucf101_finetune'] == 84.2
+    src.eval(), model.eval()
+    x = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x)[0], src.forward_features(x))
 
 
 def test_pretrained_file_loads_through_filter_and_input_adaptation(tmp_path):

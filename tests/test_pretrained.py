@@ -23,9 +23,9 @@ from timm.models import _registry, get_pretrained_cfg
 import fima_models
 from fima_models.checkpoint import CheckpointError
 from fima_models.convert import convert_checkpoint
-from fima_models.models import VideoPretrainedCfg
-from fima_models.pretrained import (
-    PretrainedWeightsUnavailable, download_pretrained, fetch_pretrained, load_pretrained, resolve_model_source,
+from fima_models.models import (
+    PretrainedWeightsUnavailable, VideoPretrainedCfg, download_pretrained, fetch_pretrained, load_pretrained,
+    resolve_model_source,
 )
 from tests.test_checkpoint import ARCH, clip, make_backbone, write_checkpoint
 
@@ -225,7 +225,7 @@ def test_in_chans_and_classifier_adaptation(tmp_path, caplog):
     overlay = dict(file=str(path))
     same = fima_models.create_model(ARCH, pretrained=True, num_classes=10, pretrained_cfg_overlay=overlay)
     assert torch.equal(same.fc.weight, source.fc.weight)
-    with caplog.at_level(logging.INFO, logger='fima_models.pretrained'):
+    with caplog.at_level(logging.INFO, logger='fima_models.models'):
         other = fima_models.create_model(
             ARCH, pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay)
     assert 'Dropped the checkpoint classifier' in caplog.text

@@ -2,14 +2,15 @@
 
 :func:`build_video_model` follows timm's ``build_model_with_cfg`` step for step, with the changes a
 video model needs: pretrained configs are :class:`VideoPretrainedCfg` with a 4-D
-``input_size=(C, T, H, W)``, weights load through :func:`fima_models.pretrained.load_pretrained`, and
-``features_only=True`` wraps the model in timm's ``FeatureGetterNet`` by default (5-D maps from the
-model's ``forward_intermediates``).
+``input_size=(C, T, H, W)``, weights load through :func:`load_pretrained` (fetched by :mod:`._hub`,
+fitted by :mod:`._manipulate`), and ``features_only=True`` wraps the model in timm's
+``FeatureGetterNet`` by default (5-D maps from the model's ``forward_intermediates``).
+:func:`model_creator` is the ``_create`` step every model file shares.
 """
 import dataclasses
 import logging
-import math
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import torch
 import torch.nn as nn
@@ -17,9 +18,18 @@ from timm.models import PretrainedCfg, resolve_pretrained_cfg
 from timm.models._builder import pretrained_cfg_for_features
 from timm.models._features import FeatureDictNet, FeatureGetterNet, FeatureHookNet, FeatureListNet
 
-from ._pretrained_cfg import VideoPretrainedCfg
+from fima_models.checkpoint import (
+    CheckpointError, ExtractedCheckpoint, extract_backbone, load_backbone_state_dict, require_finite, summarize_keys,
+)
 
-__all__ = ['build_video_model', 'adapt_input_conv3d', 'resolve_feature_cls', 'check_model_args']
+from ._hub import fetch_pretrained, tag_name
+from ._manipulate import adapt_state_dict, as_name_list, keys_under
+from ._pretrained_cfg import VideoPretrainedCfg, pretrained_cfg_dict
+
+__all__ = [
+    'build_video_model', 'model_creator', 'resolve_feature_cls', 'check_model_args',
+    'load_pretrained', 'load_state_dict_strict', 'LoadedWeights',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -33,36 +43,117 @@ _FEATURE_CLASSES: Dict[str, type] = {
 }
 
 
-def adapt_input_conv3d(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Adapt a pretrained first-conv weight ``(O, I, kT, kH, kW)`` to ``in_chans`` input channels.
+@dataclass
+class LoadedWeights:
+    """What :func:`load_pretrained` loaded and what it left out.
 
-    One channel gets the sum over the pretrained channels (a grey clip then gives the response of a
-    grey RGB clip). More or fewer channels repeat the pretrained ones cyclically and rescale by
-    ``I / in_chans`` so the expected activation magnitude is unchanged.
+    Attributes:
+        source: Where the weights came from (a path, ``hf-hub:ORG/NAME`` or ``'state_dict'``).
+        format: Checkpoint container format detected by :mod:`fima_models.checkpoint`.
+        dropped: Checkpoint keys not loaded (training-only parts, classifier).
+        adapted: Keys changed to fit the model (first convolution for ``in_chans``).
+    """
+    source: str
+    format: str
+    dropped: List[str] = field(default_factory=list)
+    adapted: List[str] = field(default_factory=list)
+
+
+def load_state_dict_strict(
+        model: nn.Module,
+        sd: Mapping[str, torch.Tensor],
+        allowed_missing: Sequence[str] = (),
+        name: str = 'the checkpoint',
+) -> None:
+    """Load ``sd`` into ``model``, failing with the offending keys on any mismatch.
 
     Args:
-        weight: 5-D conv weight.
-        in_chans: Target number of input channels.
+        model: Target model.
+        sd: State dict with the model's key names.
+        allowed_missing: Model keys that may be absent (e.g. a freshly initialised classifier);
+            ``num_batches_tracked`` buffers may always be absent.
+        name: What ``sd`` is, for the error message.
+
+    Raises:
+        CheckpointError: Missing, unexpected or mis-shaped keys, listed by name.
+    """
+    model_sd = model.state_dict()
+    allowed = set(allowed_missing)
+    missing = [k for k in model_sd if k not in sd and k not in allowed and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in sd if k not in model_sd]
+    mismatched = [f'{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(model_sd[k].shape)})'
+                  for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f'missing {len(missing)} keys: {summarize_keys(missing)}')
+        if unexpected:
+            problems.append(f'unexpected {len(unexpected)} keys: {summarize_keys(unexpected)}')
+        if mismatched:
+            problems.append(f'{len(mismatched)} shape mismatches: {summarize_keys(mismatched, limit=4)}')
+        overlap = len(set(sd) & set(model_sd)) / max(len(model_sd), 1)
+        hint = (' The checkpoint looks like a different architecture.' if overlap < 0.5
+                else ' Check the model variant and its arguments.')
+        raise CheckpointError(f"Weights from {name} do not fit {type(model).__name__}: {'; '.join(problems)}.{hint}")
+    model.load_state_dict(sd, strict=False)
+
+
+def load_pretrained(
+        model: nn.Module,
+        pretrained_cfg: Any = None,
+        filter_fn: Optional[Callable[[Dict[str, torch.Tensor], nn.Module], Dict[str, torch.Tensor]]] = None,
+        strict: bool = True,
+) -> LoadedWeights:
+    """Load the pretrained weights described by ``pretrained_cfg`` into ``model``, in place.
+
+    Steps: find the weights (:func:`._hub.fetch_pretrained`: file, hub, URL, caches first), read
+    them safely and unwrap the backbone (:func:`fima_models.checkpoint.load_backbone_state_dict`),
+    apply ``filter_fn(state_dict, model)``, adapt input channels and classifier
+    (:func:`._manipulate.adapt_state_dict`), then load everything else strictly.
+
+    Args:
+        model: Model built without weights.
+        pretrained_cfg: The model's pretrained config (dataclass or dict); defaults to ``model.pretrained_cfg``.
+        filter_fn: Model-specific key remapping, timm style.
+        strict: When False, missing and unexpected keys are logged instead of raising.
 
     Returns:
-        The adapted weight, in the input's dtype.
+        What was loaded and dropped.
+
+    Raises:
+        PretrainedWeightsUnavailable: No weights can be found or downloaded.
+        CheckpointError: The weights are unreadable, unsafe, hold NaN/Inf values, or do not fit the model.
     """
-    if weight.ndim != 5:
-        raise ValueError(f'adapt_input_conv3d expects a 5-D Conv3d weight (O, I, kT, kH, kW), '
-                         f'got shape {tuple(weight.shape)}.')
-    if in_chans < 1:
-        raise ValueError(f'in_chans must be >= 1, got {in_chans}.')
-    src_chans = weight.shape[1]
-    if in_chans == src_chans:
-        return weight
-    dtype = weight.dtype
-    w = weight.float()
-    if in_chans == 1:
-        w = w.sum(dim=1, keepdim=True)
+    cfg = pretrained_cfg_dict(pretrained_cfg if pretrained_cfg is not None else model)
+    name = tag_name(cfg)
+    if cfg.get('state_dict') is not None:
+        extracted: ExtractedCheckpoint = extract_backbone(cfg['state_dict'])
+        source = 'state_dict'
     else:
-        repeats = math.ceil(in_chans / src_chans)
-        w = w.repeat(1, repeats, 1, 1, 1)[:, :in_chans] * (src_chans / in_chans)
-    return w.to(dtype)
+        path = fetch_pretrained(cfg)
+        extracted = load_backbone_state_dict(path)
+        source = str(path)
+    sd = extracted.state_dict
+    require_finite(sd, f"'{name}' ({source})")
+    if filter_fn is not None:
+        sd = filter_fn(sd, model)
+    sd, dropped_head, adapted = adapt_state_dict(model, sd, cfg)
+    heads = as_name_list(cfg.get('classifier'))
+    # a classifier the checkpoint does not provide keeps its initialisation
+    allowed_missing = keys_under(model.state_dict(), heads) if (dropped_head or not keys_under(sd, heads)) else []
+    if strict:
+        load_state_dict_strict(model, sd, allowed_missing, f"'{name}' ({source})")
+    else:
+        result = model.load_state_dict(sd, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            _logger.warning('Non-strict load of %s: missing %s; unexpected %s', name,
+                            summarize_keys(result.missing_keys), summarize_keys(result.unexpected_keys))
+    dropped = extracted.dropped + dropped_head
+    if extracted.dropped:
+        _logger.info('Ignored %d training-only keys of the %s checkpoint: %s', len(extracted.dropped),
+                     extracted.format, summarize_keys(extracted.dropped))
+    _logger.info('Loaded pretrained weights for %s from %s', name, source)
+    return LoadedWeights(source=source, format=extracted.format, dropped=dropped, adapted=adapted)
 
 
 def resolve_feature_cls(feature_cls: Union[str, type, None]) -> type:
@@ -177,7 +268,7 @@ def build_video_model(
     3. Check the common arguments (:func:`check_model_args`), construct ``model_cls(**kwargs)``,
        give its first convolution a dtype check (a clear error for float64 clips into a float32
        model) and attach ``pretrained_cfg`` (a dict).
-    4. If ``pretrained``: ``fima_models.pretrained.load_pretrained(model, pretrained_cfg, filter_fn)``.
+    4. If ``pretrained``: :func:`load_pretrained` ``(model, pretrained_cfg, filter_fn)``.
     5. If ``features_only``: wrap in a timm feature class (``feature_cls``, default ``'getter'``)
        selecting ``out_indices`` (default: every level).
 
@@ -225,9 +316,29 @@ def build_video_model(
     model.default_cfg = model.pretrained_cfg
 
     if pretrained:
-        from fima_models.pretrained import load_pretrained
         load_pretrained(model, pretrained_cfg=model.pretrained_cfg, filter_fn=pretrained_filter_fn)
 
     if features_only:
         model = _wrap_features(model, cfg_dict, feature_cfg)
     return model
+
+
+def model_creator(
+        model_cls: Type[ModelT],
+        filter_fn: Optional[Callable[[Dict[str, torch.Tensor], nn.Module], Dict[str, torch.Tensor]]] = None,
+) -> Callable[..., ModelT]:
+    """The ``_create(variant, pretrained=False, **kwargs)`` function of a model file.
+
+    The returned function names the model after its registered variant (``model_name``, used in
+    error messages) and builds it with :func:`build_video_model` and the file's ``checkpoint_filter_fn``.
+
+    Args:
+        model_cls: The family's model class (it takes ``model_name``).
+        filter_fn: The model file's ``checkpoint_filter_fn``.
+    """
+    def create(variant: str, pretrained: bool = False, **kwargs: Any) -> ModelT:
+        kwargs.setdefault('model_name', variant)
+        return build_video_model(model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, **kwargs)
+
+    create.__name__ = create.__qualname__ = f'create_{model_cls.__name__.lower()}'
+    return create

@@ -22,7 +22,7 @@ from timm.models._features import feature_take_indices
 
 __all__ = [
     'check_video_input', 'VideoBackbone', 'ConvBnAct3d', 'init_weights',
-    'INCEPTION_WIDTHS', 'INCEPTION_STAGES', 'mixed_out_chs', 'scale_widths',
+    'INCEPTION_WIDTHS', 'INCEPTION_STAGES', 'TINY_INCEPTION_ARGS', 'mixed_out_chs', 'scale_widths',
 ]
 
 #: Inception-v1 mixed block widths ``(b0, b1a, b1b, b2a, b2b, b3)`` of blocks 3b, 3c, 4b..4f, 5b, 5c.
@@ -51,6 +51,11 @@ def mixed_out_chs(widths: Sequence[int]) -> int:
 def scale_widths(widths: Sequence[int], divisor: int) -> Tuple[int, ...]:
     """Divide channel widths by ``divisor`` (at least 1 channel each), for tiny test variants."""
     return tuple(max(1, w // divisor) for w in widths)
+
+
+#: Constructor widths of the tiny Inception test variants (``test_s3d``, ``test_i3d``): widths / 16.
+TINY_INCEPTION_ARGS: Dict[str, Any] = dict(
+    stem_widths=(8, 8, 12), mixed_widths=tuple(scale_widths(w, 16) for w in INCEPTION_WIDTHS))
 
 
 def check_video_input(

@@ -16,14 +16,15 @@ Kinetics-400 weights (and FIMA checkpoints, which use the same key names) load s
 Feature levels: ``stem`` (stride 2), ``layer1`` (2), ``layer2`` (4), ``layer3`` (8), ``layer4`` (16).
 """
 import logging
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._builder import build_video_model
+from ._builder import model_creator
 from ._layers import VideoBackbone, init_weights
+from ._manipulate import remap_classifier
 from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = ['VideoResNet', 'BasicBlock3d', 'checkpoint_filter_fn']
@@ -179,17 +180,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VideoResNet
     torchvision and FIMA checkpoints already use this module layout. The one remap: a classifier
     stored as a 1x1x1 conv (``fc.weight`` of shape ``(K, C, 1, 1, 1)``) is flattened to a linear layer.
     """
-    out = {}
-    for k, v in state_dict.items():
-        if k == 'fc.weight' and v.ndim == 5:
-            v = v.flatten(1)
-        out[k] = v
-    return out
+    return remap_classifier(state_dict, 'fc', 'fc', target_ndim=2)
 
 
-def _create_resnet3d(variant: str, pretrained: bool = False, **kwargs: Any) -> VideoResNet:
-    kwargs.setdefault('model_name', variant)
-    return build_video_model(VideoResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+_create_resnet3d = model_creator(VideoResNet, checkpoint_filter_fn)
 
 
 def _cfg(**kwargs: Any):

@@ -25,10 +25,11 @@ import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
-from ._builder import build_video_model
+from ._builder import model_creator
 from ._layers import (
-    INCEPTION_STAGES, INCEPTION_WIDTHS, ConvBnAct3d, VideoBackbone, init_weights, mixed_out_chs, scale_widths,
+    INCEPTION_STAGES, INCEPTION_WIDTHS, TINY_INCEPTION_ARGS, ConvBnAct3d, VideoBackbone, init_weights, mixed_out_chs,
 )
+from ._manipulate import remap_classifier
 from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = ['S3D', 'SepConv3d', 'SepInceptionBlock', 'checkpoint_filter_fn']
@@ -190,19 +191,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: S3D) -> Dic
     torchvision's layout is this model's. The one remap: a linear classifier (``fc.weight`` /
     ``fc.bias`` with a 2-D weight, as saved by linear-probe code) becomes the 1x1x1 conv ``classifier.1``.
     """
-    out = {}
-    for k, v in state_dict.items():
-        if k in ('fc.weight', 'fc.bias'):
-            k = 'classifier.1.' + k.split('.')[1]
-            if v.ndim == 2:
-                v = v[:, :, None, None, None]
-        out[k] = v
-    return out
+    return remap_classifier(state_dict, 'fc', 'classifier.1', target_ndim=5)
 
 
-def _create_s3d(variant: str, pretrained: bool = False, **kwargs: Any) -> S3D:
-    kwargs.setdefault('model_name', variant)
-    return build_video_model(S3D, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+_create_s3d = model_creator(S3D, checkpoint_filter_fn)
 
 
 def _cfg(**kwargs: Any):
@@ -233,6 +225,4 @@ def s3d(pretrained: bool = False, **kwargs: Any) -> S3D:
 @register_model
 def test_s3d(pretrained: bool = False, **kwargs: Any) -> S3D:
     """Tiny S3D (widths / 16) for tests."""
-    return _create_s3d(
-        'test_s3d', pretrained, stem_widths=(8, 8, 12),
-        mixed_widths=tuple(scale_widths(w, 16) for w in INCEPTION_WIDTHS), **kwargs)
+    return _create_s3d('test_s3d', pretrained, **{**TINY_INCEPTION_ARGS, **kwargs})

@@ -1,8 +1,8 @@
-"""Pretrained weight loading: Hugging Face hub, URL, local file and ``local-dir:`` sources.
+"""Where pretrained weights come from: Hugging Face hub, URL, local file and ``local-dir:`` sources.
 
 Where the weights of a pretrained config come from, first match wins:
 
-* ``state_dict``: tensors passed in memory;
+* ``state_dict``: tensors passed in memory (handled by :func:`._builder.load_pretrained`);
 * ``file``: a local checkpoint of any format :mod:`fima_models.checkpoint` understands
   (``pretrained_cfg_overlay=dict(file='weights.safetensors')``; ``local-dir:DIR`` sets it too);
 * ``hf_hub_id``: a Hugging Face hub repo (``model.safetensors`` preferred, ``pytorch_model.bin``
@@ -12,14 +12,10 @@ Where the weights of a pretrained config come from, first match wins:
 
 Every source is tried from the local cache first. Only then, unless ``HF_HUB_OFFLINE=1``, one
 network attempt is made, after a connection probe bounded by ``FIMA_MODELS_CONNECT_TIMEOUT``
-seconds (default 3), so a machine without network fails within seconds instead of retrying for
+seconds (default 5), so a machine without network fails within seconds instead of retrying for
 minutes. Tags whose weights are not published (``published=False``) never touch the network.
 Every failure is one :class:`PretrainedWeightsUnavailable` naming the tag and the ways to get the
-weights. Pickled files are unpickled with ``weights_only=True`` (see :func:`read_checkpoint`).
-
-:func:`load_pretrained` then adapts the state dict to the model: model-specific ``filter_fn``,
-input-channel adaptation of the first convolution, classifier dropped when the number of classes
-differs (or is 0), and a strict load of everything else.
+weights. Files are read by :mod:`fima_models.checkpoint` (pickles with ``weights_only=True``).
 """
 import dataclasses
 import hashlib
@@ -30,23 +26,22 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
+from timm.models import get_pretrained_cfg, is_model
 
-from fima_models._utils import atomic_write
-from fima_models.checkpoint import (
-    CheckpointError, ExtractedCheckpoint, extract_backbone, load_backbone_state_dict, require_finite, summarize_keys,
-)
+from fima_models._utils import atomic_write, describe_error
+from fima_models.checkpoint import CheckpointError
+
+from ._pretrained_cfg import VideoPretrainedCfg, pretrained_cfg_dict
+from ._registry import resolve_alias
 
 __all__ = [
-    'PretrainedWeightsUnavailable', 'LoadedWeights', 'load_pretrained', 'resolve_model_source',
-    'fetch_pretrained', 'fetch_hub_file', 'download_pretrained', 'adapt_state_dict', 'load_state_dict_strict',
-    'hub_cache_dir', 'torch_checkpoint_dir',
-    'is_offline', 'SAFE_WEIGHTS_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME',
+    'PretrainedWeightsUnavailable', 'resolve_model_source', 'fetch_pretrained', 'fetch_hub_file',
+    'download_pretrained', 'hub_cache_dir', 'torch_checkpoint_dir', 'is_offline', 'tag_name',
+    'SAFE_WEIGHTS_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HUB_WEIGHT_FILES', 'SOURCE_FIELDS',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -54,30 +49,17 @@ _logger = logging.getLogger(__name__)
 SAFE_WEIGHTS_NAME = 'model.safetensors'
 WEIGHTS_NAME = 'pytorch_model.bin'
 CONFIG_NAME = 'config.json'
-_HUB_WEIGHT_FILES = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+#: Weight files of a hub repo or converted folder, in order of preference.
+HUB_WEIGHT_FILES = (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
 _LIBRARY_NAME = 'fima-models'
+#: Seconds a server gets to answer before a fetch gives up (``FIMA_MODELS_CONNECT_TIMEOUT`` overrides).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 #: Pretrained-config fields that say where weights live; a source name replaces all of them.
-_SOURCE_FIELDS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
+SOURCE_FIELDS = ('url', 'file', 'state_dict', 'hf_hub_id', 'hf_hub_filename', 'source')
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """Pretrained weights were requested but cannot be found locally or downloaded."""
-
-
-@dataclass
-class LoadedWeights:
-    """What :func:`load_pretrained` loaded and what it left out.
-
-    Attributes:
-        source: Where the weights came from (a path, ``hf-hub:ORG/NAME`` or ``'state_dict'``).
-        format: Checkpoint container format detected by :mod:`fima_models.checkpoint`.
-        dropped: Checkpoint keys not loaded (training-only parts, classifier).
-        adapted: Keys changed to fit the model (first convolution for ``in_chans``).
-    """
-    source: str
-    format: str
-    dropped: List[str] = field(default_factory=list)
-    adapted: List[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -112,16 +94,16 @@ def torch_checkpoint_dir() -> Path:
 
 
 def _connect_timeout() -> float:
-    """Seconds to wait for a server to answer (``FIMA_MODELS_CONNECT_TIMEOUT``, default 5)."""
+    """Seconds to wait for a server to answer (``FIMA_MODELS_CONNECT_TIMEOUT``, default 5; unreadable: 5)."""
     try:
-        return max(float(os.environ.get('FIMA_MODELS_CONNECT_TIMEOUT', 5)), 0.1)
+        return max(float(os.environ.get('FIMA_MODELS_CONNECT_TIMEOUT', DEFAULT_CONNECT_TIMEOUT_S)), 0.1)
     except ValueError:
-        return 5.0
+        return DEFAULT_CONNECT_TIMEOUT_S
 
 
-def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f'{type(err).__name__}: {text[0]}' if text else type(err).__name__
+def _reason(err: BaseException) -> str:
+    """``Type: first line`` of a network or hub error: the type says more than many messages (timeouts)."""
+    return f'{type(err).__name__}: {describe_error(err).splitlines()[0]}'
 
 
 def _hub_endpoint() -> str:
@@ -132,15 +114,8 @@ def _hub_endpoint() -> str:
 # ----------------------------------------------------------------------------- messages
 
 
-def _cfg_dict(pretrained_cfg: Any) -> Dict[str, Any]:
-    if pretrained_cfg is None:
-        return {}
-    if dataclasses.is_dataclass(pretrained_cfg):
-        return {f.name: getattr(pretrained_cfg, f.name) for f in dataclasses.fields(pretrained_cfg)}
-    return dict(pretrained_cfg)
-
-
-def _tag_name(cfg: Mapping[str, Any]) -> str:
+def tag_name(cfg: Mapping[str, Any]) -> str:
+    """The name of the weights a pretrained config describes, for messages: ``arch.tag`` or ``hf-hub:ORG/NAME``."""
     if cfg.get('source') == 'hf-hub' and cfg.get('hf_hub_id'):
         return f"hf-hub:{cfg['hf_hub_id']}"
     arch, tag = cfg.get('architecture') or 'model', cfg.get('tag')
@@ -221,20 +196,20 @@ def fetch_hub_file(
         try:
             get_hf_file_metadata(url, timeout=timeout, library_name=_LIBRARY_NAME)
         except RepositoryNotFoundError as e:
-            raise _unavailable(name, f'hub repo {hf_hub_id} does not exist or is private ({_short(e)})') from e
+            raise _unavailable(name, f'hub repo {hf_hub_id} does not exist or is private ({_reason(e)})') from e
         except EntryNotFoundError:
             missing.append(filename)
             continue
         except Exception as e:  # connection refused, timeout, proxy or HTTP error: no retry loop
             raise _unavailable(
                 name, f'{wanted} of hub repo {hf_hub_id} is not in the local cache {cache_dir} and the hub '
-                      f'at {endpoint} is unreachable within {timeout:g} s ({_short(e)})') from e
+                      f'at {endpoint} is unreachable within {timeout:g} s ({_reason(e)})') from e
         try:
             path = hf_hub_download(
                 repo_id, filename, revision=revision, cache_dir=cache_dir, endpoint=endpoint,
                 etag_timeout=timeout, library_name=_LIBRARY_NAME)
         except Exception as e:
-            raise _unavailable(name, f'downloading {filename} from hub repo {hf_hub_id} failed ({_short(e)})') from e
+            raise _unavailable(name, f'downloading {filename} from hub repo {hf_hub_id} failed ({_reason(e)})') from e
         _logger.info('Downloaded %s from hub repo %s to %s', filename, hf_hub_id, path)
         return Path(path)
     raise _unavailable(name, f'hub repo {hf_hub_id} has none of {", ".join(missing)}')
@@ -262,7 +237,7 @@ def _fetch_url(url: str, name: str, allow_network: bool = True) -> Path:
         try:
             resp = urllib.request.urlopen(url, timeout=timeout)
         except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = f'{where} and the server is unreachable within {timeout:g} s ({_short(e)})'
+            reason = f'{where} and the server is unreachable within {timeout:g} s ({_reason(e)})'
             raise _unavailable(name, reason) from e
         digest = hashlib.sha256()
         with resp:
@@ -281,7 +256,7 @@ def _fetch_url(url: str, name: str, allow_network: bool = True) -> Path:
     try:  # through a temporary file: an interrupted or corrupt download never lands in the cache
         atomic_write(target, download)
     except (urllib.error.URLError, OSError) as e:
-        raise _unavailable(name, f'downloading {url} failed ({_short(e)})') from e
+        raise _unavailable(name, f'downloading {url} failed ({_reason(e)})') from e
     _logger.info('Downloaded %s to %s', url, target)
     return target
 
@@ -301,8 +276,8 @@ def fetch_pretrained(pretrained_cfg: Any, allow_network: bool = True) -> Path:
             the ways to obtain them.
         CheckpointError: A ``file`` source that does not exist.
     """
-    cfg = _cfg_dict(pretrained_cfg)
-    name = _tag_name(cfg)
+    cfg = pretrained_cfg_dict(pretrained_cfg)
+    name = tag_name(cfg)
     if cfg.get('file'):
         path = Path(cfg['file']).expanduser()
         if not path.is_file():
@@ -317,7 +292,7 @@ def fetch_pretrained(pretrained_cfg: Any, allow_network: bool = True) -> Path:
     # ``published`` describes the registry's hub repo: an unpublished one is looked up in the cache only
     published = bool(cfg.get('published', True)) or from_hub_name
     started = time.monotonic()
-    files = [cfg['hf_hub_filename']] if cfg.get('hf_hub_filename') else list(_HUB_WEIGHT_FILES)
+    files = [cfg['hf_hub_filename']] if cfg.get('hf_hub_filename') else list(HUB_WEIGHT_FILES)
     error: Optional[PretrainedWeightsUnavailable] = None
     if hf_hub_id:
         try:
@@ -338,173 +313,7 @@ def fetch_pretrained(pretrained_cfg: Any, allow_network: bool = True) -> Path:
     raise error
 
 
-# ----------------------------------------------------------------------------- adaptation
-
-
-def _as_list(value: Any) -> List[str]:
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _under(key: str, names: Sequence[str]) -> bool:
-    return any(key == n or key.startswith(n + '.') for n in names)
-
-
-def adapt_state_dict(
-        model: nn.Module,
-        state_dict: Mapping[str, torch.Tensor],
-        pretrained_cfg: Any = None,
-) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
-    """Fit a backbone state dict to ``model``: input channels and classifier.
-
-    The first convolution(s) named by ``first_conv`` are adapted to ``model.in_chans`` with
-    ``adapt_input_conv3d``. Classifier keys (``classifier``) are dropped when the model has no
-    classifier (``num_classes=0``) or its shapes differ from the checkpoint's.
-
-    Args:
-        model: Target model (``in_chans`` and ``num_classes`` attributes are used when present).
-        state_dict: Backbone state dict with the model's key names.
-        pretrained_cfg: Config naming ``first_conv`` and ``classifier``; defaults to ``model.pretrained_cfg``.
-
-    Returns:
-        ``(state_dict, dropped_keys, adapted_keys)``.
-    """
-    cfg = _cfg_dict(pretrained_cfg if pretrained_cfg is not None else getattr(model, 'pretrained_cfg', None))
-    sd = dict(state_dict)
-    model_sd = model.state_dict()
-    adapted: List[str] = []
-    in_chans = getattr(model, 'in_chans', None)
-    for conv in _as_list(cfg.get('first_conv')):
-        key = f'{conv}.weight'
-        if in_chans and key in sd and sd[key].ndim == 5 and sd[key].shape[1] != in_chans:
-            from fima_models.models._builder import adapt_input_conv3d
-            before = tuple(sd[key].shape)
-            sd[key] = adapt_input_conv3d(sd[key], in_chans)
-            adapted.append(key)
-            _logger.info('Adapted %s from %s to %s for in_chans=%d', key, before, tuple(sd[key].shape), in_chans)
-    heads = _as_list(cfg.get('classifier'))
-    ckpt_head = [k for k in sd if _under(k, heads)]
-    model_head = [k for k in model_sd if _under(k, heads)]
-    dropped: List[str] = []
-    if ckpt_head:
-        fits = set(ckpt_head) == set(model_head) and all(sd[k].shape == model_sd[k].shape for k in ckpt_head)
-        if not fits:
-            dropped = ckpt_head
-            for k in ckpt_head:
-                del sd[k]
-            w = next((k for k in ckpt_head if k.endswith('weight')), ckpt_head[0])
-            _logger.info(
-                'Dropped the checkpoint classifier (%s, %d classes) because the model has num_classes=%s; '
-                'the model classifier keeps its initialisation.',
-                summarize_keys(ckpt_head), state_dict[w].shape[0], getattr(model, 'num_classes', '?'))
-    elif model_head:
-        _logger.info('The checkpoint has no classifier; %s keeps its initialisation.', summarize_keys(model_head))
-    return sd, dropped, adapted
-
-
-def load_state_dict_strict(
-        model: nn.Module,
-        sd: Mapping[str, torch.Tensor],
-        allowed_missing: Sequence[str] = (),
-        name: str = 'the checkpoint',
-) -> None:
-    """Load ``sd`` into ``model``, failing with the offending keys on any mismatch.
-
-    Args:
-        model: Target model.
-        sd: State dict with the model's key names.
-        allowed_missing: Model keys that may be absent (e.g. a freshly initialised classifier);
-            ``num_batches_tracked`` buffers may always be absent.
-        name: What ``sd`` is, for the error message.
-
-    Raises:
-        CheckpointError: Missing, unexpected or mis-shaped keys, listed by name.
-    """
-    model_sd = model.state_dict()
-    allowed = set(allowed_missing)
-    missing = [k for k in model_sd if k not in sd and k not in allowed and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in sd if k not in model_sd]
-    mismatched = [f'{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(model_sd[k].shape)})'
-                  for k in sd if k in model_sd and sd[k].shape != model_sd[k].shape]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f'missing {len(missing)} keys: {summarize_keys(missing)}')
-        if unexpected:
-            problems.append(f'unexpected {len(unexpected)} keys: {summarize_keys(unexpected)}')
-        if mismatched:
-            problems.append(f'{len(mismatched)} shape mismatches: {summarize_keys(mismatched, limit=4)}')
-        overlap = len(set(sd) & set(model_sd)) / max(len(model_sd), 1)
-        hint = (' The checkpoint looks like a different architecture.' if overlap < 0.5
-                else ' Check the model variant and its arguments.')
-        raise CheckpointError(f"Weights from {name} do not fit {type(model).__name__}: {'; '.join(problems)}.{hint}")
-    model.load_state_dict(sd, strict=False)
-
-
-def load_pretrained(
-        model: nn.Module,
-        pretrained_cfg: Any = None,
-        filter_fn: Optional[Callable[[Dict[str, torch.Tensor], nn.Module], Dict[str, torch.Tensor]]] = None,
-        strict: bool = True,
-) -> LoadedWeights:
-    """Load the pretrained weights described by ``pretrained_cfg`` into ``model``, in place.
-
-    Steps: find the weights (see module docs), read them safely, unwrap the backbone
-    (:func:`fima_models.checkpoint.extract_backbone`), apply ``filter_fn(state_dict, model)``, adapt
-    input channels and classifier (:func:`adapt_state_dict`), then load everything else strictly.
-
-    Args:
-        model: Model built without weights.
-        pretrained_cfg: The model's pretrained config (dataclass or dict); defaults to ``model.pretrained_cfg``.
-        filter_fn: Model-specific key remapping, timm style.
-        strict: When False, missing and unexpected keys are logged instead of raising.
-
-    Returns:
-        What was loaded and dropped.
-
-    Raises:
-        PretrainedWeightsUnavailable: No weights can be found or downloaded.
-        CheckpointError: The weights are unreadable, unsafe, hold NaN/Inf values, or do not fit the model.
-    """
-    cfg = _cfg_dict(pretrained_cfg if pretrained_cfg is not None else getattr(model, 'pretrained_cfg', None))
-    name = _tag_name(cfg)
-    if cfg.get('state_dict') is not None:
-        extracted: ExtractedCheckpoint = extract_backbone(cfg['state_dict'])
-        source = 'state_dict'
-    else:
-        path = fetch_pretrained(cfg)
-        extracted = load_backbone_state_dict(path)
-        source = str(path)
-    sd = extracted.state_dict
-    require_finite(sd, f"'{name}' ({source})")
-    if filter_fn is not None:
-        sd = filter_fn(sd, model)
-    sd, dropped_head, adapted = adapt_state_dict(model, sd, cfg)
-    heads = _as_list(cfg.get('classifier'))
-    allowed_missing = [k for k in model.state_dict() if _under(k, heads)] if (dropped_head or not any(
-        _under(k, heads) for k in sd)) else []
-    if strict:
-        load_state_dict_strict(model, sd, allowed_missing, f"'{name}' ({source})")
-    else:
-        result = model.load_state_dict(sd, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            _logger.warning('Non-strict load of %s: missing %s; unexpected %s', name,
-                            summarize_keys(result.missing_keys), summarize_keys(result.unexpected_keys))
-    dropped = extracted.dropped + dropped_head
-    if extracted.dropped:
-        _logger.info('Ignored %d training-only keys of the %s checkpoint: %s', len(extracted.dropped),
-                     extracted.format, summarize_keys(extracted.dropped))
-    _logger.info('Loaded pretrained weights for %s from %s', name, source)
-    return LoadedWeights(source=source, format=extracted.format, dropped=dropped, adapted=adapted)
-
-
 # ----------------------------------------------------------------------------- model sources
-
-
-def _video_cfg_fields() -> List[str]:
-    from fima_models.models._pretrained_cfg import VideoPretrainedCfg
-    return [f.name for f in dataclasses.fields(VideoPretrainedCfg)]
 
 
 def _read_config(path: Path, name: str) -> Dict[str, Any]:
@@ -522,12 +331,12 @@ def _read_config(path: Path, name: str) -> Dict[str, Any]:
 
 def _source_result(config: Dict[str, Any], source_cfg: Dict[str, Any]) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
     arch, _, tag = str(config['architecture']).partition('.')
-    known = set(_video_cfg_fields())
+    known = {f.name for f in dataclasses.fields(VideoPretrainedCfg)}
     pretrained_cfg = {k: v for k, v in dict(config.get('pretrained_cfg') or {}).items() if k in known}
     for key in ('input_size', 'test_input_size', 'min_input_size', 'pool_size', 'mean', 'std'):
         if isinstance(pretrained_cfg.get(key), list):
             pretrained_cfg[key] = tuple(pretrained_cfg[key])
-    for key in _SOURCE_FIELDS:
+    for key in SOURCE_FIELDS:
         pretrained_cfg[key] = None
     pretrained_cfg.update(source_cfg)
     pretrained_cfg['architecture'] = arch
@@ -575,9 +384,9 @@ def resolve_model_source(name: str) -> Tuple[str, Dict[str, Any], Dict[str, Any]
             raise CheckpointError(
                 f'{folder} has no {CONFIG_NAME}. Create the folder with '
                 f'`fima-models convert CKPT --model ARCH --out {folder}`.')
-        weights = next((folder / f for f in _HUB_WEIGHT_FILES if (folder / f).is_file()), None)
+        weights = next((folder / f for f in HUB_WEIGHT_FILES if (folder / f).is_file()), None)
         if weights is None:
-            raise CheckpointError(f'{folder} has no weights: expected {" or ".join(_HUB_WEIGHT_FILES)}.')
+            raise CheckpointError(f'{folder} has no weights: expected {" or ".join(HUB_WEIGHT_FILES)}.')
         return _source_result(_read_config(config_path, name), {'file': str(weights), 'published': True})
     raise ValueError(f"Unsupported model source '{name}': use 'hf-hub:ORG/NAME' or 'local-dir:PATH'.")
 
@@ -602,9 +411,6 @@ def download_pretrained(name: str) -> List[Path]:
         return [config_path, fetch_pretrained(cfg)]
     if name.startswith('local-dir:'):
         raise ValueError(f"'{name}' is a local folder; there is nothing to download.")
-    from timm.models import get_pretrained_cfg, is_model
-
-    from fima_models._factory import resolve_alias
     resolved = resolve_alias(name)
     try:
         cfg = get_pretrained_cfg(resolved) if is_model(resolved.split('.', 1)[0]) else None

@@ -1,4 +1,4 @@
-"""``fima-models list`` and ``fima-models info``: what the zoo holds."""
+"""``fima-models info NAME``: parameters, FLOPs, feature levels and pretrained tags of a model."""
 import argparse
 import json
 from dataclasses import dataclass
@@ -8,9 +8,9 @@ import torch
 from timm.models import get_pretrained_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
-from fima_models._factory import MODEL_ALIASES, create_model, list_models, list_pretrained, resolve_alias
+from fima_models._factory import create_model, list_pretrained, resolve_alias
 
-__all__ = ['register', 'ModelSummary', 'summarize_model', 'markdown_model_table']
+__all__ = ['add_parser', 'run', 'ModelSummary', 'summarize_model']
 
 
 @dataclass
@@ -47,37 +47,8 @@ def summarize_model(name: str) -> ModelSummary:
     )
 
 
-def markdown_model_table() -> str:
-    """The model table of the README and docs, generated from the registry."""
-    aliases = {target.split('.')[0]: alias for alias, target in MODEL_ALIASES.items()}
-    lines = [
-        '| model | alias | params (M) | GFLOPs | input (C, T, H, W) | pretrained tags (✅ published, ⏳ not yet) |',
-        '|---|---|---|---|---|---|',
-    ]
-    for name in list_models():
-        info = summarize_model(name)
-        tags = ', '.join(f"`{t.split('.', 1)[1]}` {'✅' if published else '⏳'}" for t, published in info.tags)
-        alias = f'`{aliases[name]}`' if name in aliases else ''
-        lines.append(
-            f'| `{name}` | {alias} | {info.params / 1e6:.2f} | {info.gflops:.1f} | {info.input_size} | {tags} |')
-    return '\n'.join(lines) + '\n'
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    if args.markdown:
-        print(markdown_model_table(), end='')
-        return 0
-    names = list_pretrained(args.pattern) if args.pretrained else list_models(args.pattern, include_test=args.test)
-    for name in names:
-        if args.pretrained:
-            published = getattr(get_pretrained_cfg(name), 'published', False)
-            print(f"{name}\t{'published' if published else 'not published'}")
-        else:
-            print(name)
-    return 0
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Print the summary of one architecture (an ``arch.tag`` or alias names its architecture)."""
     info = summarize_model(resolve_alias(args.name).split('.')[0])
     if args.json:
         print(json.dumps(info.__dict__, indent=2))
@@ -96,16 +67,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``list`` and ``info`` to the ``fima-models`` command line."""
-    p = subparsers.add_parser('list', help='list architectures or pretrained tags')
-    p.add_argument('pattern', nargs='?', default='', help="wildcard filter, e.g. 'r*' or '*fima*'")
-    p.add_argument('--pretrained', action='store_true', help='list pretrained arch.tag names instead')
-    p.add_argument('--test', action='store_true', help='include the tiny test_* variants')
-    p.add_argument('--markdown', action='store_true', help='print the model table of the README')
-    p.set_defaults(func=_cmd_list)
-
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``info`` to the ``fima-models`` command line."""
     p = subparsers.add_parser('info', help='params, GFLOPs, feature_info and tags of a model')
     p.add_argument('name', help='architecture, arch.tag or alias')
     p.add_argument('--json', action='store_true', help='machine-readable output')
-    p.set_defaults(func=_cmd_info)
+    return p

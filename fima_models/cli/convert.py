@@ -1,43 +1,19 @@
-"""``fima-models download`` and ``fima-models convert``: getting weights onto a machine.
+"""``fima-models convert SRC --model ARCH --out DIR``: a checkpoint into a folder ``local-dir:DIR`` loads.
 
-``download`` pre-fetches pretrained weights into the Hugging Face / torch hub caches on a machine
-with network access, so an offline cluster can use a copy of those caches. ``convert`` turns a
-checkpoint (FIMA, MoCo, torchvision, safetensors, ``python -m train``) into a folder that
-``create_model('local-dir:DIR')`` loads.
+Accepts FIMA, MoCo, torchvision, safetensors and ``python -m train`` checkpoints
+(:func:`fima_models.convert.convert_checkpoint`).
 """
 import argparse
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from fima_models._utils import describe_os_error
 from fima_models.convert import convert_checkpoint
-from fima_models.pretrained import (
-    PretrainedWeightsUnavailable, download_pretrained, hub_cache_dir, torch_checkpoint_dir,
-)
 
-__all__ = ['register', 'run_download', 'run_convert']
+__all__ = ['add_parser', 'run']
 
 
-def run_download(args: argparse.Namespace) -> int:
-    """Fetch every name's weights into the local caches; exit 1 if any failed."""
-    failed: List[str] = []
-    for name in args.names:
-        try:
-            paths = download_pretrained(name)
-        except (PretrainedWeightsUnavailable, ValueError) as err:
-            print(f'{name}: FAILED\n{err}\n')
-            failed.append(name)
-            continue
-        for path in paths:
-            print(f'{name}: {path}')
-    print(f'Caches: HF_HUB_CACHE={hub_cache_dir()}  torch hub={torch_checkpoint_dir()}')
-    if failed:
-        print(f'{len(failed)} of {len(args.names)} failed: {", ".join(failed)}')
-        return 1
-    return 0
-
-
-def run_convert(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Convert one checkpoint and print what was kept and dropped."""
     extra: Dict[str, Any] = {}
     for key in ('method', 'dataset'):
@@ -61,16 +37,8 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``download`` and ``convert`` sub-commands."""
-    p = subparsers.add_parser(
-        'download', help='pre-fetch pretrained weights into the local caches (for offline machines)',
-        description='Download weights of pretrained names (arch.tag, alias, architecture default, or '
-                    'hf-hub:ORG/NAME) into HF_HUB_CACHE / the torch hub cache. Copy those caches to an '
-                    'offline machine, or share them via HF_HUB_CACHE / TORCH_HOME.')
-    p.add_argument('names', nargs='+', metavar='NAME', help='e.g. r2plus1d_18.tv_k400 r2plus1d_fima hf-hub:ORG/NAME')
-    p.set_defaults(func=run_download)
-
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``convert`` to the ``fima-models`` command line."""
     p = subparsers.add_parser(
         'convert', help='convert a checkpoint into a folder loadable with local-dir:DIR',
         description='Convert a FIMA / MoCo / torchvision / safetensors / python -m train checkpoint into '
@@ -91,4 +59,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help='allow an output folder that holds other files or the source checkpoint; '
                         'they are left untouched')
     p.add_argument('--json', action='store_true', help='print the result as JSON')
-    p.set_defaults(func=run_convert)
+    return p
