@@ -25,11 +25,13 @@ import torch
 
 import fima_models
 from fima_models._utils import atomic as _atomic
-from fima_models import features as F
 from fima_models.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint
-from fima_models.cli import extract as cli_extract
 from fima_models.cli import main as cli_main
 from fima_models.convert import OutputExistsError, convert_checkpoint
+from fima_models.extract import pipeline as extract_pipeline
+from fima_models.extract import runner as extract_runner
+from fima_models.extract import storage as extract_storage
+from fima_models.extract import summary as extract_summary
 from tests.media import make_frames, write_video
 from tests.test_cli_extract import run_cli, summary_of
 
@@ -233,8 +235,8 @@ def test_a_replaced_video_is_extracted_again(tmp_path: Path, videos: Path) -> No
 def test_an_interrupted_run_leaves_a_summary_of_itself(tmp_path: Path, videos: Path, monkeypatch) -> None:
     out = tmp_path / 'feats'
     assert run_cli([str(videos), '--out', str(out), *EXTRACT]) == 0
-    monkeypatch.setattr(cli_extract, 'SUMMARY_INTERVAL', 0.0)
-    real_save = cli_extract.save_features
+    monkeypatch.setattr(extract_summary, 'SUMMARY_INTERVAL', 0.0)
+    real_save = extract_pipeline.save_features
     saved = []
 
     def save_then_stop(result, path, extra=None):
@@ -243,7 +245,7 @@ def test_an_interrupted_run_leaves_a_summary_of_itself(tmp_path: Path, videos: P
         saved.append(path)
         return real_save(result, path, extra)
 
-    monkeypatch.setattr(cli_extract, 'save_features', save_then_stop)
+    monkeypatch.setattr(extract_pipeline, 'save_features', save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         run_cli([str(videos), '--out', str(out), *EXTRACT, '--step', '2'])
     summary = summary_of(out)
@@ -252,7 +254,7 @@ def test_an_interrupted_run_leaves_a_summary_of_itself(tmp_path: Path, videos: P
 
 
 def test_non_finite_features_are_never_saved_as_ok(tmp_path: Path, videos: Path, monkeypatch) -> None:
-    monkeypatch.setattr(F.FeatureRunner, '__call__', lambda self, clips: torch.full((len(clips), 4, 1, 1, 1), math.nan))
+    monkeypatch.setattr(extract_runner.FeatureRunner, '__call__', lambda self, clips: torch.full((len(clips), 4, 1, 1, 1), math.nan))
     out = tmp_path / 'feats'
     assert run_cli([str(videos / 'a.mp4'), '--out', str(out), *EXTRACT]) == 1
     entry = summary_of(out)['videos'][0]
@@ -265,12 +267,12 @@ def test_a_full_disk_fails_the_videos_in_one_line_and_keeps_the_summary(tmp_path
     def full(path, data):
         raise OSError(errno.ENOSPC, 'No space left on device', str(path))
 
-    monkeypatch.setattr(F, 'atomic_write_bytes', full)
+    monkeypatch.setattr(extract_storage, 'atomic_write_bytes', full)
     out = tmp_path / 'feats'
     assert run_cli([str(videos), '--out', str(out), *EXTRACT]) == 1
     reasons = [v['reason'] for v in summary_of(out)['videos']]
     assert len(reasons) == 2 and all('the disk is full' in r and '\n' not in r for r in reasons)
-    assert not [p for p in out.rglob('*') if p.name not in (cli_extract.SUMMARY_NAME, '.extract.lock')]
+    assert not [p for p in out.rglob('*') if p.name not in (extract_summary.SUMMARY_NAME, '.extract.lock')]
 
 
 def test_a_read_only_out_is_one_line_before_any_work(tmp_path: Path, videos: Path, monkeypatch) -> None:
