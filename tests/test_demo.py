@@ -35,6 +35,14 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
     assert results["supervised"]["train_steps"] == 3 and results["appearance"]["train_steps"] == 3
     appearance = json.loads((out / "appearance" / "results.json").read_text())
     assert appearance["config"]["data"]["clip_len"] == 1  # single frames
+    for control in ("supervised", "appearance"):  # crops and flips, no colour jitter or grayscale
+        data = json.loads((out / control / "results.json").read_text())["config"]["data"]
+        assert (data["flip_p"], data["jitter_p"], data["grayscale_p"]) == (0.5, 0.0, 0.0), control
+    stages = results["stages"]
+    assert list(stages) == ["data", "pretrain_fima", "probe_fima", "pretrain_moco", "probe_moco", "probe_random",
+                            "supervised", "appearance", "mask", "report"]
+    assert all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in stages.values())
+    assert sum(t["wall_s"] for t in stages.values()) == pytest.approx(results["wall_time_s"], abs=1.0)
     mask = results["mask"]
     assert mask["videos"] == 2
     for name in ("fima", "moco", "random"):
@@ -57,6 +65,29 @@ def test_demo_config_checks() -> None:
     cfg = demo_config(["probe.linear_epochs=5"], tiny=True)
     assert cfg["probe"]["linear_epochs"] == 5 and cfg["data"]["size"] == 32
     assert demo_config()["data"]["size"] == 64  # the default run: a 4x4 map for the demo backbone
+
+
+def test_train_transform_reads_the_augmentation_probabilities() -> None:
+    from fima_models.transforms import FIMA_MEAN, FIMA_STD
+    from train.downstream.build import train_transform
+
+    model = torch.nn.Identity()  # no pretrained_cfg: the default normalisation
+    plain = {"jitter_p": 0.0, "grayscale_p": 0.0}
+    kept = train_transform({"data": {"size": 16, "flip_p": 0.0, **plain}}, model)
+    flipped = train_transform({"data": {"size": 16, "flip_p": 1.0, **plain}}, model)
+    g = torch.Generator().manual_seed(0)
+    # columns brighten to the right: any crop keeps that order, a flip reverses it
+    ramp = (torch.arange(16, dtype=torch.uint8) * 15).view(1, 1, 16, 1).expand(4, 16, 16, 3).contiguous()
+    for _ in range(5):
+        right, left = kept(ramp, g)[0, 0], flipped(ramp, g)[0, 0]
+        assert bool((right[:, -1] > right[:, 0]).all()) and bool((left[:, 0] > left[:, -1]).all())
+    # a uniform clip keeps its exact colour without jitter and grayscale; the paper's probabilities change it
+    colour = torch.tensor([200, 30, 60], dtype=torch.uint8)
+    clip = colour.expand(4, 16, 16, 3).contiguous()
+    expected = ((colour / 255.0 - torch.tensor(FIMA_MEAN)) / torch.tensor(FIMA_STD)).view(3, 1, 1, 1)
+    assert torch.allclose(kept(clip, g), expected.expand(3, 4, 16, 16), atol=1e-4)
+    paper = train_transform({"data": {"size": 16, "jitter_p": None}}, model)  # None: the default applies
+    assert any(not torch.allclose(paper(clip, g), expected.expand(3, 4, 16, 16), atol=1e-3) for _ in range(5))
 
 
 def test_binomial_se() -> None:

@@ -47,6 +47,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LOCAL = "local-dir:"
+#: ``data`` keys that set an augmentation probability of :func:`train_transform`.
+_AUGMENT_PROBABILITIES = ("flip_p", "jitter_p", "grayscale_p")
 
 
 @dataclass
@@ -126,7 +128,7 @@ def start_run(cfg: dict[str, Any]) -> RunContext:
 def backbone_name(model: str) -> str:
     """Architecture name behind a model argument (``local-dir:DIR`` reads its config.json)."""
     if model.startswith(("local-dir:", "hf-hub:")):
-        from fima_models.pretrained import resolve_model_source
+        from fima_models.models import resolve_model_source
 
         return resolve_model_source(model)[0]
     return model.split(".", 1)[0]
@@ -201,10 +203,16 @@ def model_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def train_transform(cfg: Mapping[str, Any], model: nn.Module) -> TrainTransform:
-    """Fine-tuning augmentation: the pretraining augmentation minus blur (unless ``data.blur``)."""
+    """Fine-tuning augmentation: the pretraining augmentation minus blur (unless ``data.blur``).
+
+    ``data.flip_p`` (horizontal flip), ``data.jitter_p`` (colour jitter) and ``data.grayscale_p``
+    set the probabilities of those augmentations; absent, :class:`TrainTransform`'s (the paper's) apply.
+    """
     mean, std = model_norm(model)
     data = cfg["data"]
-    return TrainTransform(size=int(data["size"]), blur=bool(data.get("blur", False)), mean=mean, std=std)
+    probabilities = {key: float(data[key]) for key in _AUGMENT_PROBABILITIES if data.get(key) is not None}
+    return TrainTransform(size=int(data["size"]), blur=bool(data.get("blur", False)), mean=mean, std=std,
+                          **probabilities)
 
 
 def eval_transform(cfg: Mapping[str, Any], model: nn.Module) -> EvalTransform:
