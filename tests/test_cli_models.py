@@ -17,7 +17,7 @@ TABLE = re.compile(r'<!-- model-table:start -->\n(.*?)<!-- model-table:end -->',
 
 def test_list_and_pretrained(capsys):
     assert main(['list']) == 0
-    assert capsys.readouterr().out.split() == ['i3d', 'mc3_18', 'r2plus1d_18', 'r3d_18', 's3d']
+    assert capsys.readouterr().out.split() == ['i3d', 'i3d_tf', 'mc3_18', 'r2plus1d_18', 'r3d_18', 's3d']
     assert main(['list', '*tv_k400', '--pretrained']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(line.endswith('\tpublished') for line in lines)

@@ -8,7 +8,7 @@ from fima_models import MODEL_ALIASES, UnknownModelError
 
 
 def test_list_models_is_the_zoo():
-    assert fima_models.list_models() == ['i3d', 'mc3_18', 'r2plus1d_18', 'r3d_18', 's3d']
+    assert fima_models.list_models() == ['i3d', 'i3d_tf', 'mc3_18', 'r2plus1d_18', 'r3d_18', 's3d']
     assert fima_models.list_models('r*') == ['r2plus1d_18', 'r3d_18']
     assert 'test_r3d' in fima_models.list_models(include_test=True)
 
@@ -24,7 +24,9 @@ def test_list_pretrained_has_every_required_tag():
 
 def test_published_filter_keeps_only_real_files():
     published = fima_models.list_pretrained(published_only=True)
-    assert published and all(name.endswith('.tv_k400') for name in published)
+    assert published and all(name.endswith('.tv_k400') or name.startswith('i3d_tf.deepmind_k400')
+                             for name in published)
+    assert 'r2plus1d_18.fima_k400' not in published
 
 
 @pytest.mark.parametrize('alias', sorted(MODEL_ALIASES))

@@ -16,8 +16,7 @@ import importlib
 import logging
 import os
 import sys
-from types import ModuleType
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional
 
 from fima_models._utils import describe_os_error
 
@@ -36,25 +35,13 @@ COMMANDS: Dict[str, str] = {
 Runner = Callable[[argparse.Namespace], int]
 
 
-def _hooks(module: ModuleType) -> Tuple[Callable[..., argparse.ArgumentParser], Optional[Runner]]:
-    """A command module's ``(add_parser, run)``.
-
-    ``cli/extract.py`` and ``cli/check_videos.py`` still expose the earlier ``register(subparsers)``
-    that sets ``func`` on their parser; they are run through that ``func`` until they are renamed.
-    """
-    if hasattr(module, 'add_parser'):
-        return module.add_parser, module.run
-    return module.register, None
-
-
 def add_commands(subparsers: argparse._SubParsersAction, commands: Mapping[str, str]) -> Dict[str, Runner]:
     """Import every module of a command table, let it add its parser, and return command -> ``run``."""
     runners: Dict[str, Runner] = {}
     for command, module_name in commands.items():
-        add_parser, run = _hooks(importlib.import_module(module_name))
-        add_parser(subparsers)
-        if run is not None:
-            runners[command] = run
+        module = importlib.import_module(module_name)
+        module.add_parser(subparsers)
+        runners[command] = module.run
     return runners
 
 
@@ -80,8 +67,7 @@ def run_commands(
         level=logging.DEBUG if getattr(args, 'verbose', False) else logging.INFO,
         format='%(levelname)s %(name)s: %(message)s',
     )
-    run = runners.get(args.command) if getattr(args, 'command', None) else None
-    run = run or getattr(args, 'func', None)
+    run = runners.get(args.command) if args.command else None
     if run is None:
         parser.print_help()
         return 2
