@@ -16,11 +16,9 @@ import torch.nn.functional as F
 
 import fima_models
 from fima_models.models import i3d as i3d_mod
-from fima_models.models._layers import INCEPTION_WIDTHS, scale_widths
+from fima_models.models._layers import INCEPTION_WIDTHS, TINY_INCEPTION_ARGS
 from fima_models.models.i3d import MaxPool3dSame, Unit3d, same_pad_arg
 
-TINY_STEM = (8, 8, 12)
-TINY_MIXED = tuple(scale_widths(w, 16) for w in INCEPTION_WIDTHS)
 MIXED_NAMES = ('3b', '3c', '4b', '4c', '4d', '4e', '4f', '5b', '5c')
 POOLS = {  # their max-pool before each group of mixed blocks: kernel, stride
     '3b': ((1, 3, 3), (1, 2, 2)), '4b': ((3, 3, 3), (2, 2, 2)), '5b': ((2, 2, 2), (2, 2, 2))}
@@ -258,7 +256,8 @@ def reference_forward(sd: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Ten
 @pytest.mark.parametrize('size', [(17, 225, 201), (16, 224, 224)])
 def test_tiny_network_equals_their_forward(size):
     """At an odd size (a 3x8x7 final map: 2x2x1 head windows) and at 16x224, with their key layout loaded."""
-    sd = piergiaj_state_dict(TINY_STEM, TINY_MIXED, num_classes=6, seed=1)
+    tiny = TINY_INCEPTION_ARGS
+    sd = piergiaj_state_dict(tiny['stem_widths'], tiny['mixed_widths'], num_classes=6, seed=1)
     model = _tiny_tf(num_classes=6).eval()
     model.load_state_dict(i3d_mod.checkpoint_filter_fn(sd, model), strict=True)
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(2)) * 2 - 1
@@ -288,7 +287,8 @@ def test_pretrained_tag_loads_a_file_in_their_layout(tmp_path):
     del sd['Conv3d_1a_7x7.bn.num_batches_tracked']  # files saved before torch 0.4.1 lack these buffers
     path = tmp_path / 'rgb_imagenet.pt'
     torch.save(sd, path)
-    model = fima_models.create_model('i3d_tf.deepmind_k400', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    model = fima_models.create_model('i3d_tf.deepmind_k400', pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=str(path)))
     assert torch.equal(model.fc.weight, sd['logits.conv3d.weight'].flatten(1))
     assert torch.equal(model.mixed_4e.branch_1[0].batch3d.running_var, sd['Mixed_4e.b1a.bn.running_var'])
     backbone = fima_models.create_model('i3d_tf', pretrained=True, num_classes=0,

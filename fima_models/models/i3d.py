@@ -50,8 +50,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
-from ._builder import build_video_model
-from ._layers import INCEPTION_STAGES, INCEPTION_WIDTHS, VideoBackbone, init_weights, mixed_out_chs, scale_widths
+from ._builder import model_creator
+from ._layers import INCEPTION_STAGES, INCEPTION_WIDTHS, TINY_INCEPTION_ARGS, VideoBackbone, init_weights, mixed_out_chs
+from ._manipulate import remap_classifier
 from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = [
@@ -336,7 +337,8 @@ def _check_head_pool_size(size: Optional[Sequence[int]], model_name: str) -> Opt
         return None
     size = tuple(size)
     if len(size) != 3 or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in size):
-        raise ValueError(f'{model_name}: head_pool_size must be None or three positive integers (t, h, w), got {size!r}')
+        raise ValueError(
+            f'{model_name}: head_pool_size must be None or three positive integers (t, h, w), got {size!r}')
     return size
 
 
@@ -346,7 +348,7 @@ _PIERGIAJ_BRANCHES = {
     'b3b': 'branch_3.1',
 }
 #: Biased 1x1x1 classifier convs of the reference layouts: the FIMA authors' and piergiaj's.
-_CONV_HEADS = ('conv3d_0c_1x1.conv3d.', 'logits.conv3d.')
+_CONV_HEADS = ('conv3d_0c_1x1.conv3d', 'logits.conv3d')
 
 
 def _piergiaj_key(key: str) -> str:
@@ -369,20 +371,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: I3D) -> Dic
 
     A 1x1x1 classifier conv becomes the linear ``fc`` (weight flattened to 2-D).
     """
-    out = {}
-    for k, v in state_dict.items():
-        k = _piergiaj_key(k)
-        if k.startswith(_CONV_HEADS):
-            k = 'fc.' + k.rsplit('.', 1)[1]
-            if v.ndim == 5:
-                v = v.flatten(1)
-        out[k] = v
+    out = {_piergiaj_key(k): v for k, v in state_dict.items()}
+    for head in _CONV_HEADS:
+        out = remap_classifier(out, head, 'fc', target_ndim=2)
     return out
 
 
-def _create_i3d(variant: str, pretrained: bool = False, **kwargs: Any) -> I3D:
-    kwargs.setdefault('model_name', variant)
-    return build_video_model(I3D, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+_create_i3d = model_creator(I3D, checkpoint_filter_fn)
 
 
 def _cfg(**kwargs: Any):
@@ -439,6 +434,4 @@ def i3d_tf(pretrained: bool = False, **kwargs: Any) -> I3D:
 @register_model
 def test_i3d(pretrained: bool = False, **kwargs: Any) -> I3D:
     """Tiny I3D (widths / 16) for tests."""
-    return _create_i3d(
-        'test_i3d', pretrained, stem_widths=(8, 8, 12),
-        mixed_widths=tuple(scale_widths(w, 16) for w in INCEPTION_WIDTHS), **kwargs)
+    return _create_i3d('test_i3d', pretrained, **{**TINY_INCEPTION_ARGS, **kwargs})
