@@ -4,7 +4,7 @@
 >>> model = fima_models.create_model('r2plus1d_18', num_classes=0)   # (N, 3, T, H, W) -> (N, 512)
 """
 from fima_models._factory import MODEL_ALIASES, UnknownModelError, create_model, list_models, list_pretrained
-from fima_models.features import VideoFeatures, extract_features
+from fima_models.extract import VideoFeatures, extract_features
 from fima_models.models import PretrainedWeightsUnavailable
 
 __version__ = '0.1.0'
