@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from train.common.config import ConfigError
-from train.demo import ROWS, binomial_se, compare_runs, demo_config, main, mask_overlap
+from train.demo import ROWS, binomial_se, compare_runs, demo_config, main, mask_overlap, register
 
 
 def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
@@ -88,6 +88,18 @@ def test_train_transform_reads_the_augmentation_probabilities() -> None:
     assert torch.allclose(kept(clip, g), expected.expand(3, 4, 16, 16), atol=1e-4)
     paper = train_transform({"data": {"size": 16, "jitter_p": None}}, model)  # None: the default applies
     assert any(not torch.allclose(paper(clip, g), expected.expand(3, 4, 16, 16), atol=1e-3) for _ in range(5))
+
+
+def test_register_adds_the_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m train")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["demo", "--out", str(tmp_path), "--tiny", "seed=1"])
+    assert (args.out, args.tiny, args.overrides) == (str(tmp_path), True, ["seed=1"])
+    run = _fake_run(tmp_path / "s0", 0, fima=60.0, moco=40.0, n=100)
+    assert args.func(parser.parse_args(["demo", "--compare", str(run)])) == 0
+    assert "| 60.0 ± 4.9 |" in capsys.readouterr().out
 
 
 def test_binomial_se() -> None:

@@ -71,6 +71,8 @@ __all__ = [
     "mask_overlap",
     "run_demo",
     "main",
+    "register",
+    "run_command",
 ]
 
 log = logging.getLogger(__name__)
@@ -686,14 +688,30 @@ def compare_runs(dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m train demo --out DIR [--tiny] [key=value ...]`` or ``--compare DIR ...``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m train demo", description=__doc__.split("\n\n")[0])
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (reused data and finished runs are kept)")
     parser.add_argument("--tiny", action="store_true", help="toy sizes for tests (the numbers mean nothing)")
     parser.add_argument("--compare", nargs="+", metavar="DIR", help="pool the results of finished demo runs (seeds)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of DEMO_CONFIG, e.g. seed=1")
+    parser.set_defaults(func=lambda args: run_command(args, parser))
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` command to ``python -m train``'s sub-command parsers."""
+    description = __doc__.split("\n\n")[0]
+    _add_arguments(subparsers.add_parser("demo", help=description, description=description))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m train demo --out DIR [--tiny] [key=value ...]`` or ``--compare DIR ...``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m train demo", description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
     args = parser.parse_args(argv)
+    return run_command(args, parser)
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the demo (or pool finished runs) with parsed arguments; usage errors exit through ``parser``."""
     setup_console_logging()
     if args.compare:
         try:
