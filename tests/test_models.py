@@ -16,6 +16,7 @@ from timm.models import get_pretrained_cfg, group_parameters
 
 import fima_models
 from fima_models.models import adapt_input_conv3d, build_video_model, check_video_input
+from fima_models.models._manipulate import keys_under, remap_classifier
 from fima_models.models import i3d as i3d_mod
 from fima_models.models import resnet3d as resnet3d_mod
 from fima_models.models import s3d as s3d_mod
@@ -606,6 +607,26 @@ def test_s3d_filter_maps_linear_head_to_conv():
     sd['fc.weight'], sd['fc.bias'] = torch.randn(6, model.num_features), torch.randn(6)
     model.load_state_dict(s3d_mod.checkpoint_filter_fn(sd, model), strict=True)
     assert torch.equal(model.classifier[1].weight.flatten(1), sd['fc.weight'])
+
+
+def test_keys_under_matches_modules_not_name_prefixes():
+    keys = ['fc.weight', 'fc2.weight', 'fc', 'layer.fc.bias', 'classifier.1.bias']
+    assert keys_under(keys, ['fc']) == ['fc.weight', 'fc']
+    assert keys_under(keys, ['classifier.1', 'fc2']) == ['fc2.weight', 'classifier.1.bias']
+    assert keys_under(keys, []) == []
+
+
+def test_remap_classifier_renames_reshapes_and_keeps_order():
+    w5, w2, b = torch.randn(4, 6, 1, 1, 1), torch.randn(4, 6), torch.randn(4)
+    sd = {'stem.weight': torch.randn(2), 'head.conv.weight': w5, 'head.conv.bias': b, 'head.conv2.weight': w5}
+    out = remap_classifier(sd, 'head.conv', 'fc', target_ndim=2)
+    assert list(out) == ['stem.weight', 'fc.weight', 'fc.bias', 'head.conv2.weight']
+    assert torch.equal(out['fc.weight'], w5.flatten(1)) and out['fc.bias'] is b
+    assert out['head.conv2.weight'] is w5  # a module whose name only starts like the source is untouched
+    back = remap_classifier({'fc.weight': w2, 'fc.bias': b}, 'fc', 'classifier.1', target_ndim=5)
+    assert back['classifier.1.weight'].shape == (4, 6, 1, 1, 1) and torch.equal(back['classifier.1.weight'].flatten(1), w2)
+    with pytest.raises(ValueError, match='target_ndim'):
+        remap_classifier(sd, 'fc', 'fc', target_ndim=3)
 
 
 def test_resnet_filter_flattens_conv_head():
