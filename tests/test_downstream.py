@@ -287,3 +287,12 @@ def test_summarize_tables_paper_numbers_and_split_means(tmp_path: Path) -> None:
     assert paper_reference("i3d", "test", "hmdb51") == {"fima": 57.8, "moco": 48.8, "metric": "top1"}
     with pytest.raises(FileNotFoundError):
         collect_results([tmp_path / "nothing"])
+
+
+def test_finetune_non_finite_loss_stops_with_exit_3(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = _ucf101(tmp_path / "ucf101")
+    # a learning rate of 1e38 makes the weights infinite after the first step: the second loss is not finite
+    assert main(["finetune", "--dataset", "ucf101", "--root", str(root), "--model", "test_r3d", "--out",
+                 str(tmp_path / "ft"), "finetune.epochs=1", "finetune.batch_size=2", "finetune.optim.lr=1e38"] + TINY) == 3
+    assert "non-finite loss at step 2 (epoch 0)" in caplog.text and "Lower the learning rate (finetune.optim.lr)" in caplog.text
+    assert not (tmp_path / "ft" / "final.pt").exists()

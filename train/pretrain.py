@@ -88,17 +88,10 @@ _DESCRIPTION = "FIMA / MoCo video pretraining (single process or torchrun DDP), 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config (see train/configs/)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, metrics.csv, tensorboard, plots")
-    parser.add_argument(
-        "--resume",
-        default="auto",
-        help="auto (default): resume from the newest checkpoint in --out if any; none: start over; or a checkpoint path",
-    )
-    parser.add_argument(
-        "--init-from-authors",
-        metavar="CKPT",
-        help="continue a run started with the FIMA authors' code: their checkpoint_XXXX.pth.tar "
-        "(weights, key encoder, queues; training goes on at its epoch)",
-    )
+    parser.add_argument("--resume", default="auto", help="auto (default): resume from the newest checkpoint in "
+                        "--out if any; none: start over; or a checkpoint path")
+    parser.add_argument("--init-from-authors", metavar="CKPT", help="continue a run started with the FIMA authors' "
+                        "code: their checkpoint_XXXX.pth.tar (weights, key encoder, queues; training goes on at its epoch)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=0.01 train.epochs=10")
     parser.set_defaults(func=run_command)
 
@@ -352,14 +345,9 @@ def _build_loader(
             f"{len(dataset)} samples give {sampler.batches_per_epoch} micro-batches per rank, fewer than "
             f"accum_steps={accum}; lower train.batch_size or train.accum_steps"
         )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=int(get(cfg, "data.num_workers")),
-        pin_memory=dist_info.device.type == "cuda",
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=int(get(cfg, "data.num_workers")),
+                        pin_memory=dist_info.device.type == "cuda", persistent_workers=False,
+                        generator=torch.Generator().manual_seed(seed))
     return sampler, loader, steps_per_epoch
 
 
@@ -381,14 +369,10 @@ def _start_position(
         position = _restore(resume_state, parts, dist_info)
         written = resume_state["state"]["position"]["steps_per_epoch"]
         if written != steps_per_epoch:
-            raise ConfigError(
-                f"checkpoint {resume_path} was written with {written} steps per "
-                f"epoch, this run has {steps_per_epoch}; resume with the same data, batch size and world size"
-            )
-        _logger.info(
-            "resumed from %s at step %d (epoch %d, step %d of the epoch)",
-            resume_path, position.step, position.epoch, position.step_in_epoch,
-        )
+            raise ConfigError(f"checkpoint {resume_path} was written with {written} steps per epoch, this run has "
+                              f"{steps_per_epoch}; resume with the same data, batch size and world size")
+        _logger.info("resumed from %s at step %d (epoch %d, step %d of the epoch)",
+                     resume_path, position.step, position.epoch, position.step_in_epoch)
         return position
     if authors is not None:
         epoch = start_from_authors(
@@ -476,12 +460,8 @@ def _train(
     epochs = int(tcfg["epochs"])
     total_steps = steps_per_epoch * epochs
     stop_after = tcfg.get("stop_after_steps")
-    cadence = CheckpointCadence(
-        total_steps,
-        every_steps=int(tcfg["checkpoint_every_steps"] or 0),
-        every_epochs=int(tcfg["checkpoint_every_epochs"] or 0),
-        stop_after_steps=int(stop_after) if stop_after is not None else None,
-    )
+    cadence = CheckpointCadence(total_steps, int(tcfg["checkpoint_every_steps"] or 0), int(tcfg["checkpoint_every_epochs"] or 0),
+                                int(stop_after) if stop_after is not None else None)
     log_every = max(1, int(tcfg["log_every"]))
     clips_per_step = 2 * int(tcfg["batch_size"])
 
@@ -489,11 +469,8 @@ def _train(
         step = result.position.step
         if step % log_every == 0 or step == total_steps:
             row = {"epoch": result.position.epoch, "lr": result.lr, **result.scalars}
-            row.update({
-                "clips_per_s": clips_per_step / result.seconds,
-                "avg_clips_per_s": result.avg_rate,
-                "data_wait_frac": result.data_wait / result.seconds,
-            })
+            row.update({"clips_per_s": clips_per_step / result.seconds, "avg_clips_per_s": result.avg_rate,
+                        "data_wait_frac": result.data_wait / result.seconds})
             parts.run_logger.log(step, row)
 
     return loop.run(

@@ -19,7 +19,8 @@ schedule, scaler, log position and every rank's RNG streams, saved and restored)
 Example:
     >>> loop = TrainLoop(model, optimizer, scheduler, scaler, device, "fp32", failure_hint="Lower optim.lr")
     >>> position = loop.run(loader, sampler, LoopPosition(), epochs, steps_per_epoch, prepare, forward,
-    ...                     cadence, save=lambda pos: save_synced(...), on_step=log_row)
+    ...                     CheckpointCadence(epochs * steps_per_epoch, every_epochs=1),
+    ...                     save=lambda pos: save_synced(folder, build, pos.step, 2, True), samples_per_step=16)
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-#: Sections of a checkpoint's ``state`` that :func:`restore_training_state` reads.
+#: Sections of a checkpoint's ``state`` that :meth:`TrainingParts.restore` reads.
 TRAINING_STATE_KEYS = ("optimizer", "scheduler", "scaler", "logger", "rng")
 
 
