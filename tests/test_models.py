@@ -757,3 +757,19 @@ def test_tv_cfgs(arch):
     assert cfg.num_classes == 400 and cfg.url.startswith('https://download.pytorch.org/models/')
     assert cfg.mean == (0.43216, 0.394666, 0.37645) and cfg.std == (0.22803, 0.22145, 0.216989)
     assert set(cfg.metrics) == {'kinetics400_acc1', 'kinetics400_acc5'}
+
+
+def test_pretrained_cfg_dict_reads_models_configs_and_mappings():
+    from timm.models import PretrainedCfg
+    from torch import nn
+
+    from fima_models.models import pretrained_cfg_dict
+
+    model = fima_models.create_model('test_r2plus1d')
+    assert pretrained_cfg_dict(model)['architecture'] == 'test_r2plus1d'
+    assert pretrained_cfg_dict(PretrainedCfg(url='u'))['url'] == 'u'
+    given = {'mean': (0.5,)}
+    copy = pretrained_cfg_dict(given)
+    assert copy == given and copy is not given
+    assert pretrained_cfg_dict(None) == {}
+    assert pretrained_cfg_dict(nn.Sequential()) == {}

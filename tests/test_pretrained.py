@@ -4,6 +4,7 @@ No test touches the network: hub repos live in a temporary ``HF_HUB_CACHE`` buil
 :func:`populate_hf_cache`, URLs are ``file://`` or a local HTTP server, and unreachable hosts are
 closed local ports.
 """
+import contextlib
 import hashlib
 import http.server
 import logging
@@ -12,7 +13,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Iterator, Union
 
 import huggingface_hub  # imported up front so timings exclude the import
 import huggingface_hub.constants
@@ -24,8 +25,8 @@ import fima_models
 from fima_models.checkpoint import CheckpointError
 from fima_models.convert import convert_checkpoint
 from fima_models.models import (
-    PretrainedWeightsUnavailable, VideoPretrainedCfg, download_pretrained, fetch_pretrained, load_pretrained,
-    resolve_model_source,
+    PretrainedWeightsUnavailable, VideoPretrainedCfg, download_pretrained, fetch_pretrained, git_blob_sha1,
+    load_pretrained, resolve_model_source,
 )
 from tests.test_checkpoint import ARCH, clip, make_backbone, write_checkpoint
 
@@ -47,6 +48,21 @@ def populate_hf_cache(cache: Path, repo_id: str, files: Dict[str, Union[bytes, P
         blob.write_bytes(payload)
         os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
     return snapshot
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on localhost; yields the base URL."""
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_port}'
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def closed_port() -> int:
@@ -186,20 +202,12 @@ def test_url_source_uses_torch_hub_cache(tmp_path, monkeypatch, source, silent_s
     digest = hashlib.sha256((served / 'weights.pth').read_bytes()).hexdigest()
     (served / 'weights.pth').rename(served / f'test_r3d-{digest[:8]}.pth')
     (served / 'corrupt-0000abcd.pth').write_bytes(b'not what the hash says')
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(served), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    server.RequestHandlerClass.log_message = lambda *a: None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f'http://127.0.0.1:{server.server_port}/test_r3d-{digest[:8]}.pth'
+    with serve_folder(served) as base:
+        url = f'{base}/test_r3d-{digest[:8]}.pth'
         loaded = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(url=url))
         with pytest.raises(PretrainedWeightsUnavailable, match='corrupt'):
             fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
-                url=f'http://127.0.0.1:{server.server_port}/corrupt-0000abcd.pth'))
-    finally:
-        server.shutdown()
-        server.server_close()
+                url=f'{base}/corrupt-0000abcd.pth'))
     checkpoints = tmp_path / 'torch' / 'hub' / 'checkpoints'
     assert sorted(p.name for p in checkpoints.iterdir()) == [f'test_r3d-{digest[:8]}.pth']  # nothing partial
     assert torch.equal(features(loaded), expected)
@@ -265,3 +273,36 @@ def test_model_source_errors(tmp_path, hf_cache):
         resolve_model_source('hf-hub:org/absent')
     with pytest.raises(ValueError, match='Unknown pretrained name'):
         download_pretrained('no_such_model')
+
+
+def test_git_blob_sha1_is_gits_object_id(tmp_path):
+    # ids that `git hash-object` prints for these contents (git's well-known empty blob, and "hello\n")
+    (tmp_path / 'empty').write_bytes(b'')
+    (tmp_path / 'hello').write_bytes(b'hello\n')
+    assert git_blob_sha1(tmp_path / 'empty') == 'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'
+    assert git_blob_sha1(tmp_path / 'hello') == 'ce013625030ba8dba906f756967f9e9ca394464a'
+
+
+def test_url_download_is_checked_against_its_git_blob_id(tmp_path, monkeypatch, source):
+    model, expected = source
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    _go_online(monkeypatch)
+    served = tmp_path / 'srv'
+    served.mkdir()
+    torch.save(model.state_dict(), served / 'weights.pt')
+    content = (served / 'weights.pt').read_bytes()
+    blob = hashlib.sha1(b'blob %d\0' % len(content) + content).hexdigest()
+    cached = tmp_path / 'torch' / 'hub' / 'checkpoints' / 'weights.pt'
+    with serve_folder(served) as base:
+        overlay = dict(url=f'{base}/weights.pt', git_blob_sha1='0' * 40)
+        with pytest.raises(PretrainedWeightsUnavailable, match='not the published file.*was not kept'):
+            fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
+        assert not cached.parent.exists() or not any(cached.parent.iterdir())
+        loaded = fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
+            url=f'{base}/weights.pt', git_blob_sha1=blob))
+    assert torch.equal(features(loaded), expected) and cached.read_bytes() == content
+    # a cached file of the same name but other content is refused, not used
+    cached.write_bytes(b'another project\'s weights.pt')
+    with pytest.raises(PretrainedWeightsUnavailable, match=f'cached copy {cached} .*delete it'):
+        fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
+            url='http://127.0.0.1:9/weights.pt', git_blob_sha1=blob))

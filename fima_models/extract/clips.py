@@ -143,7 +143,7 @@ def build_transform(
     Raises:
         ValueError: a value is neither given nor found in ``model.pretrained_cfg``.
     """
-    cfg = pretrained_cfg_dict(getattr(model, 'pretrained_cfg', None))
+    cfg = pretrained_cfg_dict(model)
     if size is None:
         input_size = cfg.get('input_size')
         size = int(input_size[-1]) if input_size else None

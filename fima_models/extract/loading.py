@@ -32,7 +32,7 @@ def load_model(name_or_dir: str, pretrained: bool = True, seed: int = 0) -> nn.M
 
 def model_name_of(model: nn.Module) -> str:
     """``arch.tag`` of a timm model from its pretrained config, else its class name."""
-    cfg = pretrained_cfg_dict(getattr(model, 'pretrained_cfg', None))
+    cfg = pretrained_cfg_dict(model)
     arch, tag = cfg.get('architecture'), cfg.get('tag')
     if arch:
         return f'{arch}.{tag}' if tag else str(arch)

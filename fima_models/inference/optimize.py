@@ -49,7 +49,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _default_shape(model: nn.Module) -> Tuple[int, ...]:
-    size = pretrained_cfg_dict(getattr(model, 'pretrained_cfg', None)).get('input_size')
+    size = pretrained_cfg_dict(model).get('input_size')
     if size is not None and len(size) == 4:
         return (1, *size)
     return (1, getattr(model, 'in_chans', 3), 16, 112, 112)
@@ -100,7 +100,7 @@ def _state_fingerprint(model: nn.Module) -> Tuple[Tuple[str, int, int, Tuple[int
 
 
 def _arch_name(model: nn.Module) -> str:
-    arch = pretrained_cfg_dict(getattr(model, 'pretrained_cfg', None)).get('architecture')
+    arch = pretrained_cfg_dict(model).get('architecture')
     return arch or getattr(model, 'model_name', None) or type(model).__name__
 
 

@@ -14,7 +14,7 @@ from . import i3d, resnet3d, s3d  # noqa: F401  (registers the models with timm)
 from ._builder import LoadedWeights, build_video_model, load_pretrained, load_state_dict_strict
 from ._hub import (
     CONFIG_NAME, SAFE_WEIGHTS_NAME, PretrainedWeightsUnavailable, download_pretrained, fetch_pretrained,
-    resolve_model_source,
+    git_blob_sha1, resolve_model_source,
 )
 from ._layers import VideoBackbone, check_video_input
 from ._manipulate import adapt_input_conv3d, adapt_state_dict
@@ -25,7 +25,8 @@ from .s3d import S3D
 
 __all__ = [
     'build_video_model', 'load_pretrained', 'load_state_dict_strict', 'LoadedWeights',
-    'PretrainedWeightsUnavailable', 'download_pretrained', 'fetch_pretrained', 'resolve_model_source',
+    'PretrainedWeightsUnavailable', 'download_pretrained', 'fetch_pretrained', 'git_blob_sha1',
+    'resolve_model_source',
     'CONFIG_NAME', 'SAFE_WEIGHTS_NAME',
     'adapt_input_conv3d', 'adapt_state_dict', 'VideoBackbone', 'check_video_input',
     'VideoPretrainedCfg', 'hub_id', 'pretrained_cfg_dict', 'video_cfg', 'VideoResNet', 'S3D', 'I3D',

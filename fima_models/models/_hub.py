@@ -27,7 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.models import get_pretrained_cfg, is_model
@@ -40,7 +40,7 @@ from ._registry import resolve_alias
 
 __all__ = [
     'PretrainedWeightsUnavailable', 'resolve_model_source', 'fetch_pretrained', 'fetch_hub_file',
-    'download_pretrained', 'hub_cache_dir', 'torch_checkpoint_dir', 'is_offline', 'tag_name',
+    'download_pretrained', 'hub_cache_dir', 'torch_checkpoint_dir', 'is_offline', 'tag_name', 'git_blob_sha1',
     'SAFE_WEIGHTS_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HUB_WEIGHT_FILES', 'SOURCE_FIELDS',
 ]
 
@@ -220,10 +220,49 @@ def _url_cache_path(url: str) -> Path:
     return torch_checkpoint_dir() / filename
 
 
-def _fetch_url(url: str, name: str, allow_network: bool = True) -> Path:
-    """Return the torch-hub cached copy of ``url``, downloading it once (atomically) if needed."""
+def git_blob_sha1(path: Union[str, Path]) -> str:
+    """Git's blob id of a file: SHA-1 of ``b"blob <size>\\0"`` followed by the content.
+
+    Args:
+        path: The file.
+
+    Returns:
+        40 lowercase hex digits, as ``git hash-object`` prints them.
+    """
+    with open(path, 'rb') as handle:
+        return _git_blob_sha1_of_fd(handle.fileno())
+
+
+def _git_blob_sha1_of_fd(fd: int) -> str:
+    # positional reads: the download's temporary file is open for writing, and its offset must not move
+    size = os.fstat(fd).st_size
+    digest = hashlib.sha1(b'blob %d\0' % size)
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+def _blob_mismatch(name: str, what: str, url: str, actual: str, expected: str, fix: str) -> PretrainedWeightsUnavailable:
+    return _unavailable(name, f'{what} of {url} is not the published file (git blob id {actual}, expected '
+                              f'{expected}); {fix}')
+
+
+def _fetch_url(url: str, name: str, allow_network: bool = True, expected_blob: Optional[str] = None) -> Path:
+    """Return the torch-hub cached copy of ``url``, downloading it once (atomically) if needed.
+
+    ``expected_blob`` (a git blob id) is checked on the download before it lands in the cache, and on
+    a cached copy before it is used (the cache is keyed by file name alone).
+    """
     target = _url_cache_path(url)
     if target.is_file():
+        if expected_blob and git_blob_sha1(target) != expected_blob:
+            raise _blob_mismatch(name, f'the cached copy {target}', url, git_blob_sha1(target), expected_blob,
+                                 'delete it and try again')
         return target
     where = f'{url} is not in the torch hub cache {target.parent}'
     if not allow_network:
@@ -252,6 +291,10 @@ def _fetch_url(url: str, name: str, allow_network: bool = True) -> Path:
         if expected and not digest.hexdigest().startswith(expected.group(1)):
             raise _unavailable(name, f'the download of {url} is corrupt (SHA-256 {digest.hexdigest()[:16]}..., '
                                      f'expected prefix {expected.group(1)}); try again')
+        out.flush()
+        if expected_blob and _git_blob_sha1_of_fd(out.fileno()) != expected_blob:
+            raise _blob_mismatch(name, 'the download', url, _git_blob_sha1_of_fd(out.fileno()), expected_blob,
+                                 'the file was not kept; try again, or report it if it persists')
 
     try:  # through a temporary file: an interrupted or corrupt download never lands in the cache
         atomic_write(target, download)
@@ -301,7 +344,7 @@ def fetch_pretrained(pretrained_cfg: Any, allow_network: bool = True) -> Path:
             error = e
     if url and not from_hub_name:
         try:
-            return _fetch_url(url, name, allow_network=allow_network)
+            return _fetch_url(url, name, allow_network=allow_network, expected_blob=cfg.get('git_blob_sha1'))
         except PretrainedWeightsUnavailable as e:
             error = e
     _logger.debug('Weight lookup for %s failed after %.1f s', name, time.monotonic() - started)

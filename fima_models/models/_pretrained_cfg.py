@@ -9,7 +9,7 @@ a subclass.
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from timm.models import PretrainedCfg
 
@@ -42,6 +42,7 @@ class VideoPretrainedCfg(PretrainedCfg):
     published: bool = False  # True only when the weight file really exists at its source
     metrics: Dict[str, float] = field(default_factory=dict)  # reported downstream results
     num_params: Optional[int] = None  # parameter count the weights' source reports (with its classifier)
+    git_blob_sha1: Optional[str] = None  # git blob id of a file whose source publishes no other checksum
 
 
 def hub_id(name: str) -> str:
@@ -112,10 +113,10 @@ def pretrained_cfg_dict(source: Any) -> Dict[str, Any]:
             dataclass, a mapping, or ``None``.
 
     Returns:
-        A new dict (empty for ``None`` or a model without a configuration).
+        A new dict (empty for ``None`` or an object without a ``pretrained_cfg``).
     """
-    if source is not None and not isinstance(source, (dict, PretrainedCfg)) and hasattr(source, 'pretrained_cfg'):
-        source = source.pretrained_cfg
+    if not isinstance(source, Mapping) and not dataclasses.is_dataclass(source):
+        source = getattr(source, 'pretrained_cfg', None)
     if source is None:
         return {}
     if dataclasses.is_dataclass(source):

