@@ -684,7 +684,9 @@ def test_build_video_model_cfg_resolution():
     assert model.num_classes == 3 and model.pretrained_cfg['architecture'] == 'test_r3d'
     tv = _meta_model('r3d_18.tv_k400')
     assert tv.num_classes == 400 and tv.pretrained_cfg['url'].endswith('r3d_18-b3b3357e.pth')
-    ssl = _meta_model('r3d_18')  # default tag: fima_k400, a backbone without classifier
+    default = _meta_model('r3d_18')  # default tag: the published torchvision weights, with their classifier
+    assert default.pretrained_cfg['tag'] == 'tv_k400' and default.num_classes == 400
+    ssl = _meta_model('r3d_18.fima_k400')  # a self-supervised backbone has no classifier
     assert ssl.pretrained_cfg['tag'] == 'fima_k400' and ssl.num_classes == 0
     assert _meta_model('r3d_18', num_classes=9).num_classes == 9
 
@@ -723,12 +725,10 @@ def _tags(arch):
 
 def test_default_tags_and_tag_sets():
     for arch in ('r2plus1d_18', 'r3d_18', 's3d', 'i3d'):
-        tags = _tags(arch)
-        assert tags[0] == 'fima_k400'
-        assert {'fima_k400', 'fima_ucf101', 'moco_ucf101'} <= set(tags)
-    for arch in ('r3d_18', 'mc3_18', 'r2plus1d_18', 's3d'):
-        assert 'tv_k400' in _tags(arch)
-    assert _tags('mc3_18')[0] == 'tv_k400'
+        assert {'fima_k400', 'fima_ucf101', 'moco_ucf101'} <= set(_tags(arch))
+    for arch in ('r3d_18', 'mc3_18', 'r2plus1d_18', 's3d'):  # the published weights are the default
+        assert _tags(arch)[0] == 'tv_k400'
+    assert _tags('i3d')[0] == 'fima_k400' and _tags('i3d_tf')[0] == 'deepmind_k400'
 
 
 @pytest.mark.parametrize('arch', ['r2plus1d_18', 'r3d_18', 's3d', 'i3d'])

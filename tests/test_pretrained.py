@@ -148,11 +148,12 @@ def test_registered_tag_from_offline_cache_falls_back_to_bin(tmp_path, hf_cache,
     assert download_pretrained(TEST_TAG)[0].name == 'pytorch_model.bin'
 
 
-def _assert_helpful(err: BaseException, name: str) -> None:
+def _assert_helpful(err: BaseException, name: str, published: bool = True) -> None:
     text = str(err)
-    for needle in (f"'{name}'", f'fima-models download {name}', 'fima-models convert',
-                   'pretrained_cfg_overlay=dict(file=', 'python -m train pretrain'):
+    for needle in (f"'{name}'", 'fima-models convert', 'pretrained_cfg_overlay=dict(file=', 'python -m train pretrain'):
         assert needle in text, needle
+    # downloading is advice only for weights that exist at their source
+    assert (f'fima-models download {name}' in text) == published
 
 
 @pytest.fixture
@@ -186,7 +187,7 @@ def test_unpublished_tag_fails_without_network(hf_cache, monkeypatch, test_tag, 
     _go_online(monkeypatch)
     with pytest.raises(PretrainedWeightsUnavailable, match='not published yet') as info:
         fima_models.create_model(TEST_TAG, pretrained=True)
-    _assert_helpful(info.value, TEST_TAG)
+    _assert_helpful(info.value, TEST_TAG, published=False)
     # a real registry tag takes the same path
     with pytest.raises(PretrainedWeightsUnavailable, match='not published yet'):
         fetch_pretrained(get_pretrained_cfg('r3d_18.fima_ucf101'))
@@ -306,3 +307,53 @@ def test_url_download_is_checked_against_its_git_blob_id(tmp_path, monkeypatch, 
     with pytest.raises(PretrainedWeightsUnavailable, match=f'cached copy {cached} .*delete it'):
         fima_models.create_model(ARCH, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(
             url='http://127.0.0.1:9/weights.pt', git_blob_sha1=blob))
+
+
+PUBLISHED_DEFAULTS = {'r2plus1d_18': 'tv_k400', 'r3d_18': 'tv_k400', 'mc3_18': 'tv_k400', 's3d': 'tv_k400',
+                      'i3d_tf': 'deepmind_k400'}
+
+
+@pytest.mark.parametrize('arch', sorted(PUBLISHED_DEFAULTS))
+def test_default_tag_is_published(arch):
+    cfg = get_pretrained_cfg(arch)
+    assert cfg.tag == PUBLISHED_DEFAULTS[arch] and cfg.published
+
+
+def test_every_architecture_has_a_published_default_or_points_to_one():
+    # i3d is the FIMA authors' I3D (PyTorch padding, BN eps 1e-5): DeepMind's weights need i3d_tf's arithmetic
+    architectures = [a for a in fima_models.list_models() if not a.startswith('test_')]
+    assert sorted(a for a in architectures if not get_pretrained_cfg(a).published) == ['i3d']
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        fetch_pretrained(get_pretrained_cfg('i3d'), allow_network=False)
+    assert 'use published weights: i3d_tf.deepmind_k400' in str(err.value)
+
+
+def test_unpublished_tag_suggests_published_weights_not_a_download(hf_cache, no_network):
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        fima_models.create_model('r2plus1d_fima', pretrained=True)
+    text = str(err.value)
+    assert "'r2plus1d_18.fima_k400'" in text and 'not published yet' in text
+    assert 'fima-models download r2plus1d_18.fima_k400' not in text
+    assert "use published weights: r2plus1d_18.tv_k400 (create_model('r2plus1d_18.tv_k400', pretrained=True)" in text
+
+
+def test_pretrained_true_loads_the_published_default_from_the_cache(tmp_path, monkeypatch, no_network):
+    """``create_model('s3d', pretrained=True)`` = torchvision's Kinetics-400 S3D, from a cache-populated copy."""
+    tv_video = pytest.importorskip('torchvision.models.video')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    torch.manual_seed(0)
+    reference = tv_video.s3d().eval()
+    with torch.no_grad():  # non-trivial running statistics, so a BN left at its init would show
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    cached = tmp_path / 'torch' / 'hub' / 'checkpoints' / 's3d-d76dad2f.pth'
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    model = fima_models.create_model('s3d', pretrained=True).eval()
+    assert model.pretrained_cfg['tag'] == 'tv_k400'
+    clip_ = torch.randn(1, 3, 16, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(clip_), reference.features(clip_), atol=1e-5, rtol=1e-4)
+    assert torch.equal(model.get_classifier().weight.flatten(1), reference.classifier[1].weight.flatten(1))

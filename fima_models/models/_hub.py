@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.models import get_pretrained_cfg, is_model
+from timm.models import get_pretrained_cfg, is_model, list_pretrained
 
 from fima_models._utils import atomic_write, describe_error
 from fima_models.checkpoint import CheckpointError
@@ -122,20 +122,43 @@ def tag_name(cfg: Mapping[str, Any]) -> str:
     return f'{arch}.{tag}' if tag else arch
 
 
+def _is_published(name: str) -> bool:
+    """Whether ``name`` (``arch.tag``) is a registered tag whose file exists at its source."""
+    try:
+        return bool(getattr(get_pretrained_cfg(name), 'published', False))
+    except (RuntimeError, KeyError, ValueError):
+        return False
+
+
+def published_alternatives(arch: str) -> List[str]:
+    """Published tags of ``arch`` and of its variants (``i3d`` lists ``i3d_tf.*``), in registry order."""
+    return [tag for tag in list_pretrained(f'{arch}*') if _is_published(tag)]
+
+
 def _unavailable(name: str, reason: str, arch: Optional[str] = None) -> PretrainedWeightsUnavailable:
-    arch = arch or ('ARCH' if name.startswith(('hf-hub:', 'local-dir:')) else name.split('.', 1)[0])
+    local = name.startswith(('hf-hub:', 'local-dir:'))
+    arch = arch or ('ARCH' if local else name.split('.', 1)[0])
+    ways = []
+    if name.startswith('hf-hub:') or _is_published(name):
+        ways.append(
+            f'on a machine with network access run `fima-models download {name}`, then copy its caches '
+            f'(HF_HUB_CACHE={hub_cache_dir()}, torch hub dir {torch_checkpoint_dir()}) here or point '
+            f'HF_HUB_CACHE / TORCH_HOME at a shared copy')
+    alternatives = [] if local else [tag for tag in published_alternatives(arch) if tag != name]
+    if alternatives:
+        ways.append(f"use published weights: {', '.join(alternatives)} (create_model('{alternatives[0]}', "
+                    f'pretrained=True); `fima-models download {alternatives[0]}` fills the cache)')
+    ways += [
+        f'convert a checkpoint you have: `fima-models convert CKPT --model {arch} --out DIR`, '
+        f"then create_model('local-dir:DIR')",
+        f"pass a weight file: create_model('{arch}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='weights.safetensors'))",
+        f'train them: `python -m train pretrain --config train/configs/pretrain/<recipe>.yaml --out RUN '
+        f'model.arch={arch}`, then convert a checkpoint of RUN as above (see docs/weights.md)',
+    ]
     return PretrainedWeightsUnavailable(
-        f"Pretrained weights for '{name}' are not available: {reason}.\n"
-        f'Ways to get them:\n'
-        f'  - on a machine with network access run `fima-models download {name}`, then copy its caches '
-        f'(HF_HUB_CACHE={hub_cache_dir()}, torch hub dir {torch_checkpoint_dir()}) here or point '
-        f'HF_HUB_CACHE / TORCH_HOME at a shared copy;\n'
-        f'  - convert a checkpoint you have: `fima-models convert CKPT --model {arch} --out DIR`, '
-        f"then create_model('local-dir:DIR');\n"
-        f"  - pass a weight file: create_model('{arch}', pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='weights.safetensors'));\n"
-        f'  - train them: `python -m train pretrain --config train/configs/pretrain/<recipe>.yaml --out RUN '
-        f'model.arch={arch}`, then convert a checkpoint of RUN as above (see docs/weights.md).')
+        f"Pretrained weights for '{name}' are not available: {reason}.\nWays to get them:\n"
+        + ';\n'.join(f'  - {way}' for way in ways) + '.')
 
 
 # ----------------------------------------------------------------------------- fetching

@@ -203,13 +203,14 @@ def _tv_cfg(url: str, acc1: float, acc5: float, num_params: int) -> Any:
         description=_TV_DESC, **_TV_PAPER)
 
 
+# an architecture's first tag is its default (pretrained=True): the published weights come first
 default_cfgs = generate_default_cfgs({
-    **self_supervised_cfgs('r2plus1d_18', _cfg, (3, 16, 112, 112)),
     'r2plus1d_18.tv_k400': _tv_cfg('https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth',
                                    67.463, 86.175, 31505325),
-    **self_supervised_cfgs('r3d_18', _cfg, (3, 16, 112, 112)),
+    **self_supervised_cfgs('r2plus1d_18', _cfg, (3, 16, 112, 112)),
     'r3d_18.tv_k400': _tv_cfg('https://download.pytorch.org/models/r3d_18-b3b3357e.pth',
                               63.200, 83.479, 33371472),
+    **self_supervised_cfgs('r3d_18', _cfg, (3, 16, 112, 112)),
     'mc3_18.tv_k400': _tv_cfg('https://download.pytorch.org/models/mc3_18-a90a0ba3.pth',
                               63.960, 84.130, 11695440),
     'test_r3d': _cfg(num_classes=10, input_size=(3, 4, 32, 32), description='Tiny untrained model for tests.'),

@@ -201,8 +201,8 @@ def _cfg(**kwargs: Any):
     return video_cfg(first_conv='features.0.0.0', classifier='classifier.1', **kwargs)
 
 
+# the first tag is the default (pretrained=True): the published weights come first
 default_cfgs = generate_default_cfgs({
-    **self_supervised_cfgs('s3d', _cfg, (3, 16, 224, 224)),
     's3d.tv_k400': _cfg(
         url='https://download.pytorch.org/models/s3d-d76dad2f.pth', method='supervised', dataset='kinetics400',
         num_frames=128, input_size=(3, 128, 224, 224), crop_pct=224 / 256, published=True, num_classes=400,
@@ -212,6 +212,7 @@ default_cfgs = generate_default_cfgs({
         paper_name='Rethinking Spatiotemporal Feature Learning: Speed-Accuracy Trade-offs in Video Classification',
         paper_ids='arXiv:1712.04851', license='bsd-3-clause',
         origin_url='https://github.com/pytorch/vision/tree/main/references/video_classification#s3d'),
+    **self_supervised_cfgs('s3d', _cfg, (3, 16, 224, 224)),
     'test_s3d': _cfg(num_classes=10, input_size=(3, 8, 32, 32), description='Tiny untrained model for tests.'),
 })
 
