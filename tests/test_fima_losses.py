@@ -1,5 +1,5 @@
 """Hand-computed checks of FIMA's losses, foreground mask, crop geometry, queue, momentum helpers and
-decoder, each derived from DESIGN.md's description of the authors' step; plus reference numbers
+decoder, each derived from the description of the authors' step in docs/pretraining.md ("What one step computes"); plus reference numbers
 obtained by running the authors' code (github.com/ZMHH-H/FIMA, moco/loss.py and moco/builder.py)
 on the same seeded inputs in a scratch folder (their code is not part of this repository)."""
 
@@ -48,7 +48,7 @@ def test_info_nce_without_negatives_is_zero() -> None:
 
 
 def test_global_loss_enqueues_n_keys_between_the_two_directions() -> None:
-    """DESIGN: InfoNCE(q_m, k_n, queue); enqueue k_n; InfoNCE(q_n, k_m, queue now holding k_n); enqueue k_m."""
+    """Authors' step (docs/pretraining.md): InfoNCE(q_m, k_n, queue); enqueue k_n; InfoNCE(q_n, k_m, queue now holding k_n); enqueue k_m."""
     g = torch.Generator().manual_seed(0)
     q_m, q_n, k_m, k_n = (F.normalize(torch.randn(2, 4, generator=g), dim=1) for _ in range(4))
     queue = FeatureQueue(3, 4)
@@ -139,7 +139,7 @@ def _dense_hand_case() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_dense_motion_loss_sum_of_positives_over_all_candidates() -> None:
-    """DESIGN: cell loss -log(sum_{j in P(i)} e^{s_ij/tau} / sum_{all candidates} e^{s_ic/tau}); candidates are
+    """Authors' step (docs/pretraining.md): cell loss -log(sum_{j in P(i)} e^{s_ij/tau} / sum_{all candidates} e^{s_ic/tau}); candidates are
     the keys of every sample at both time indices, positives included. tau = 1."""
     pred, keys = _dense_hand_case()
     pos = torch.zeros(2, 2, 2, dtype=torch.bool)
@@ -220,7 +220,7 @@ def test_dense_motion_loss_equals_the_authors_code(seed: int, with_queue: bool) 
 
 
 def test_frame_motion_loss_hand_value() -> None:
-    """DESIGN: for n's segment s of sample b the candidates are l_s of n for b (positive), n's other segment of
+    """Authors' step (docs/pretraining.md): for n's segment s of sample b the candidates are l_s of n for b (positive), n's other segment of
     every sample, m's segments of every sample and the queue; l_s of n for the other samples is not one."""
     pred = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]])  # N=2, S=2, D=2
     target = pred.clone()
@@ -310,7 +310,7 @@ def test_shuffled_forward_split_bn_and_order() -> None:
 
 # ----------------------------------------------------------------------------- heads
 def test_sinusoidal_position_encoding_hand_value() -> None:
-    # DESIGN: token p, channel 2i: sin(p / 10000^(2i/d)), channel 2i+1: cos of the same; d = 4
+    # docs/pretraining.md: token p, channel 2i: sin(p / 10000^(2i/d)), channel 2i+1: cos of the same; d = 4
     pe = sinusoidal_position_encoding(3, 4)
     for p in range(3):
         assert pe[p].tolist() == pytest.approx([math.sin(p), math.cos(p), math.sin(p / 100), math.cos(p / 100)], abs=1e-6)
@@ -328,7 +328,7 @@ def test_projector_pooled_equals_dense_of_mean() -> None:
 
 
 def _reference_decoder(dec: MotionDecoder, source: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """DESIGN's decoder written out with plain tensor algebra (eval mode, no dropout): 1x1 conv in, 1-D sine
+    """The decoder of docs/pretraining.md written out with plain tensor algebra (eval mode, no dropout): 1x1 conv in, 1-D sine
     encoding of the cell index, target [cls; m tokens], memory n tokens, per layer x + CrossAttn(LN(x), mem)
     and x + FFN(LN(x)), no self-attention, no final norm, 1x1 conv out. Returns (B, C, 1 + HW)."""
     b, c, h, w = source.shape

@@ -1,4 +1,4 @@
-"""One FIMA step as DESIGN.md describes the authors' step: which views each encoder call sees (the
+"""One FIMA step as docs/pretraining.md ("What one step computes") describes the authors' step: which views each encoder call sees (the
 BatchNorm batches), the keys and the order they enter the queues, the global loss order, the
 initialisation, and the generalisations for backbone maps with T' != 2.
 
@@ -42,7 +42,7 @@ def _same_rows(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("method", ["fima", "moco"])
 def test_every_encoder_call_is_one_view_type(method: str) -> None:
-    """DESIGN "BatchNorm batches": f_k per clip on RGB global, diff global, diff local 1, diff local 2 (m, then
+    """docs/pretraining.md, BatchNorm batches: f_k per clip on RGB global, diff global, diff local 1, diff local 2 (m, then
     n), then f_q(m) and f_q(n); never two view types in one call."""
     torch.manual_seed(0)
     model = FimaPretrainer(fima_models.create_model("test_r3d", num_classes=0), method, TINY)
