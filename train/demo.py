@@ -141,7 +141,9 @@ DEMO_CONFIG: dict[str, Any] = {
         "test_clips": 10,
         "linear_train_clips": 4,
         # 1120 cached features (280 videos x 4 clips): 4 steps an epoch, 240 in all; the learning rate
-        # scaled with the batch (0.1 at 64) fits the layer as well as 1020 steps of 64 did, 4x faster
+        # scaled with the batch (0.1 at 64) fits the layer as well as 1020 steps of 64 did. The time
+        # goes into fetching the 67 200 samples one by one, so fewer epochs or clips would be faster,
+        # but each cost FIMA 3-5 points (docs/demo.md)
         "linear_epochs": 60,
         "linear_batch_size": 256,
         "linear_lr": 0.4,
