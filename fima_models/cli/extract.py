@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from fima_models._utils import PRECISIONS
-from fima_models.extract import FORMATS, LEVELS, POOLINGS, ExtractionSettings, run_extraction
+from fima_models.extract import CROP_COUNTS, CROP_POOLS, FORMATS, LEVELS, POOLINGS, ExtractionSettings, run_extraction
 from fima_models.extract.summary import SUMMARY_NAME
 
 __all__ = ['add_parser', 'run', 'settings_from_args']
@@ -55,13 +55,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument('--temporal-pool', choices=POOLINGS, default=None, help='pooling over T (default: avg)')
     parser.add_argument('--layer', type=int, default=None,
                         help='intermediate block to read (forward_intermediates index; default: final map)')
+    parser.add_argument('--crops', type=int, choices=CROP_COUNTS, default=1,
+                        help='views per clip: 1 centre crop (default), 3 along the long side, 10 = the four corners '
+                             'and the centre, then their horizontal flips; boxes go in each sidecar')
+    parser.add_argument('--crop-pool', choices=CROP_POOLS, default='keep',
+                        help='keep the crops axis after the clips axis (default) or average over the crops')
     parser.add_argument('--format', choices=FORMATS, default='npy', help='feature file format (default: npy)')
-    parser.add_argument('--batch-size', type=int, default=8, help='clips per forward pass (default: 8)')
+    parser.add_argument('--batch-size', type=int, default=8,
+                        help='clips per forward pass; with --crops, views per pass (default: 8)')
     parser.add_argument('--workers', type=int, default=2, help='decoding worker processes (default: 2)')
     parser.add_argument('--device', default=None, help='cpu, cuda or cuda:N (default: cuda when available)')
     parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
                         help='fp32 (default), bf16 (bfloat16 autocast; refused where the hardware would emulate '
-                             'it) or auto (bf16 where the hardware computes it natively, else fp32)')
+                             'it) or auto (bf16 where the hardware computes it natively, else fp32); fp32 on '
+                             'hardware with native bf16 logs a hint')
     parser.add_argument('--channels-last', action='store_true', help='channels-last-3d memory format')
     parser.add_argument('--optimize', action=argparse.BooleanOptionalAction, default=True,
                         help='measured fast inference path: BatchNorm folding, memory format, factorised convs '
@@ -96,7 +103,8 @@ def settings_from_args(args: argparse.Namespace) -> ExtractionSettings:
     return ExtractionSettings(
         inputs=args.inputs, out=args.out, model=args.model, pretrained=args.pretrained, clip_len=args.clip_len,
         stride=args.stride, step=args.step, fps=args.fps, size=args.size, level=args.level,
-        spatial_pool=args.spatial_pool, temporal_pool=args.temporal_pool, layer=args.layer, format=args.format,
+        spatial_pool=args.spatial_pool, temporal_pool=args.temporal_pool, layer=args.layer, crops=args.crops,
+        crop_pool=args.crop_pool, format=args.format,
         batch_size=args.batch_size, workers=args.workers, device=args.device, precision=args.precision,
         channels_last=args.channels_last, optimize=args.optimize, overwrite=args.overwrite,
         progress=not args.no_progress,

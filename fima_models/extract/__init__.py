@@ -6,6 +6,7 @@ Modules, each one job (see ``docs/features.md``):
   :class:`FeatureAccumulator`, the recorded :func:`extraction_config`;
 - :mod:`.clips`: clip planning (starts, padding rule), decoding clips, the evaluation transform;
 - :mod:`.runner`: :func:`prepare_inference` and the :class:`FeatureRunner` it returns, pooling;
+- :mod:`.crops`: multi-crop views (3 along the long side, 10 with flips), their boxes and transform;
 - :mod:`.loading`: models by name or converted folder;
 - :mod:`.storage`: feature files, sidecars, fingerprints, the output folder and its lock;
 - many videos (``fima-models extract``): :mod:`.inputs` (files, folders, list files),
@@ -16,6 +17,7 @@ Modules, each one job (see ``docs/features.md``):
 from fima_models.extract.api import FeatureAccumulator, VideoFeatures, extract_features, extraction_config
 from fima_models.extract.batch import ExtractionOutcome, run_extraction
 from fima_models.extract.clips import build_transform, clip_frame_indices, clip_starts, read_clip, read_clips
+from fima_models.extract.crops import CROP_COUNTS, CROP_POOLS, CropBox, MultiCropTransform, crop_boxes
 from fima_models.extract.loading import load_model, model_name_of
 from fima_models.extract.runner import LEVELS, POOLINGS, FeatureRunner, pool_maps, prepare_inference
 from fima_models.extract.setup import ExtractionSettings
@@ -26,5 +28,5 @@ __all__ = [
     'FeatureRunner', 'pool_maps', 'LEVELS', 'POOLINGS', 'clip_starts', 'clip_frame_indices', 'read_clip',
     'read_clips', 'build_transform', 'load_model', 'model_name_of', 'save_features', 'load_features',
     'read_sidecar', 'FORMATS', 'NonFiniteFeaturesError', 'ExtractionSettings', 'ExtractionOutcome',
-    'run_extraction',
+    'run_extraction', 'CROP_COUNTS', 'CROP_POOLS', 'CropBox', 'MultiCropTransform', 'crop_boxes',
 ]

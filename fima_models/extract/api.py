@@ -16,6 +16,12 @@ Levels and pooling
     the unpooled ``(C, T', H', W')`` map of every clip. ``layer`` picks an intermediate block
     through ``forward_intermediates`` instead of the final ``forward_features`` map, for any level.
 
+Crops
+    ``crops=3`` or ``10`` takes several views of every clip (:mod:`fima_models.extract.crops`):
+    the features gain a crops axis right after the clips axis (``(K, V, C)`` per clip, ``(V, C)``
+    for ``video``, ``(K, V, C, T', H', W')`` for ``dense``), or ``crop_pool='mean'`` averages it
+    away. ``crops=1`` (the default) is the centre crop, with no crops axis.
+
 Clips are planned as :mod:`fima_models.extract.clips` describes, read with
 :class:`fima_models.video.VideoReader` and prepared with :class:`fima_models.transforms.EvalTransform`
 using the size, crop fraction and normalisation of the model's pretrained config unless given.
@@ -33,8 +39,11 @@ from torch import nn
 from fima_models.extract.clips import (
     build_transform, check_sampling, clip_starts, is_padded, iter_clip_chunks, prepare_clips,
 )
+from fima_models.extract.crops import (
+    MultiCropTransform, check_crops, crop_metadata, crop_transform, run_pooled, views_per_batch,
+)
 from fima_models.extract.loading import load_model, model_name_of
-from fima_models.extract.runner import LEVELS, pool_maps, prepare_inference, resolve_pooling
+from fima_models.extract.runner import LEVELS, prepare_inference, resolve_pooling
 from fima_models.transforms import EvalTransform
 from fima_models.video import VideoReader
 
@@ -50,7 +59,8 @@ class VideoFeatures:
     Attributes:
         features: float32 tensor. ``clip``: ``(K, C)`` or, with kept axes, ``(K, C, T')``,
             ``(K, C, H', W')`` or ``(K, C, T', H', W')``; ``video``: the same without ``K``;
-            ``dense``: ``(K, C, T', H', W')``.
+            ``dense``: ``(K, C, T', H', W')``. With ``crops`` > 1 kept, a crops axis ``V`` follows
+            the clips axis (``video``: leads).
         clip_starts: int64 ``(K,)`` index of the first frame of each clip.
         clip_ends: int64 ``(K,)`` one past the last real frame of each clip (exclusive).
         start_times: float64 ``(K,)`` seconds, ``clip_starts / fps``.
@@ -61,6 +71,8 @@ class VideoFeatures:
         num_frames: frames in the video.
         padded: whether the (single) clip was padded because the video is shorter than a clip.
         config: the extraction settings (clip length, stride, step, size, pooling, layer ...).
+        crops: the views of every clip: ``count``, ``pool``, ``resized_size`` ``[H, W]`` and
+            ``boxes`` (each ``{'name', 'box': [x1, y1, x2, y2], 'flip'}`` in resized-frame pixels).
     """
     features: torch.Tensor
     clip_starts: torch.Tensor
@@ -73,6 +85,7 @@ class VideoFeatures:
     num_frames: int
     padded: bool = False
     config: Dict[str, Any] = field(default_factory=dict)
+    crops: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_clips(self) -> int:
@@ -97,6 +110,7 @@ class VideoFeatures:
             'num_clips': self.num_clips,
             'padded': self.padded,
             'config': self.config,
+            'crops': self.crops,
             'clip_starts': self.clip_starts.tolist(),
             'clip_ends': self.clip_ends.tolist(),
             'start_times': self.start_times.tolist(),
@@ -118,6 +132,7 @@ class VideoFeatures:
             num_frames=int(meta['num_frames']),
             padded=bool(meta.get('padded', False)),
             config=dict(meta.get('config', {})),
+            crops=dict(meta.get('crops', {})),
         )
 
 
@@ -155,7 +170,7 @@ class FeatureAccumulator:
 
     def result(
             self, model_name: str, fps: float, num_frames: int, padded: bool = False,
-            config: Optional[Dict[str, Any]] = None,
+            config: Optional[Dict[str, Any]] = None, crops: Optional[Dict[str, Any]] = None,
     ) -> VideoFeatures:
         """The :class:`VideoFeatures` of the clips added so far."""
         if not self._starts:
@@ -171,13 +186,14 @@ class FeatureAccumulator:
             features=features, clip_starts=starts, clip_ends=ends,
             start_times=starts.double() / fps, end_times=ends.double() / fps,
             level=self.level, model_name=model_name, fps=float(fps), num_frames=int(num_frames),
-            padded=padded, config=dict(config or {}),
+            padded=padded, config=dict(config or {}), crops=dict(crops or {}),
         )
 
 
 def extraction_config(
         clip_len: int, stride: int, step: int, level: str, spatial_pool: str, temporal_pool: str,
-        layer: Optional[int], transform: EvalTransform, fps: Optional[float], precision: str,
+        layer: Optional[int], transform: Union[EvalTransform, MultiCropTransform], fps: Optional[float],
+        precision: str, crops: int = 1, crop_pool: str = 'keep',
 ) -> Dict[str, Any]:
     """The settings that determine the feature values, as recorded next to every output.
 
@@ -188,7 +204,7 @@ def extraction_config(
         'spatial_pool': spatial_pool, 'temporal_pool': temporal_pool, 'layer': layer,
         'size': int(transform.size), 'crop_pct': float(transform.crop_pct),
         'mean': [float(v) for v in transform.mean], 'std': [float(v) for v in transform.std],
-        'fps': fps, 'precision': precision,
+        'fps': fps, 'precision': precision, 'crops': crops, 'crop_pool': crop_pool,
     }
 
 
@@ -214,6 +230,8 @@ def extract_features(
         pretrained: bool = True,
         progress: bool = False,
         optimize: bool = True,
+        crops: int = 1,
+        crop_pool: str = 'keep',
 ) -> VideoFeatures:
     """Extract features of one video, clip by clip, in constant memory.
 
@@ -248,6 +266,11 @@ def extract_features(
         optimize: run the fast inference path (see
             :func:`~fima_models.extract.runner.prepare_inference`); ``False`` runs the model
             exactly as given.
+        crops: views per clip: 1 (centre), 3 (along the long side) or 10 (corners and centre,
+            then their mirror images); see :mod:`fima_models.extract.crops` for boxes and order.
+            ``batch_size`` then counts views: a forward pass holds ``batch_size // crops`` clips
+            (at least one; a clip's views are split into passes of ``batch_size``).
+        crop_pool: ``'keep'`` the crops axis or take its ``'mean'``.
 
     Returns:
         :class:`VideoFeatures` with the features and every clip's frames and times.
@@ -260,6 +283,7 @@ def extract_features(
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     check_sampling(clip_len, stride, step)
+    check_crops(crops, crop_pool)
     spatial, temporal = resolve_pooling(level, spatial_pool, temporal_pool)
     if isinstance(model, str):
         model_name = model
@@ -268,7 +292,7 @@ def extract_features(
         model_name = model_name_of(model)
         if device is None:
             device = next((p.device for p in model.parameters()), None)
-    transform = build_transform(model, size, crop_pct, mean, std)
+    transform = crop_transform(build_transform(model, size, crop_pct, mean, std), crops)
     runner = prepare_inference(model, device=device, precision=precision, channels_last=channels_last, layer=layer,
                                optimize=optimize, example_shape=(1, 3, clip_len, transform.size, transform.size))
     own_reader = not isinstance(video, VideoReader)
@@ -276,7 +300,7 @@ def extract_features(
         raise ValueError(f'fps={fps} applies when the video is opened; pass a path, or VideoReader(path, fps={fps})')
     reader = VideoReader(video, fps=fps) if own_reader else video
     config = extraction_config(clip_len, stride, step, level, spatial, temporal, layer, transform,
-                               reader.target_fps, runner.precision)
+                               reader.target_fps, runner.precision, crops, crop_pool)
 
     accumulator = FeatureAccumulator(level)
     bar = None
@@ -285,9 +309,11 @@ def extract_features(
         bar = tqdm(total=len(clip_starts(reader.num_frames, clip_len, stride, step)), unit='clip',
                    desc=Path(str(reader.path)).name, dynamic_ncols=True)
     try:
-        for frames, batch_starts, batch_ends in iter_clip_chunks(reader, clip_len, stride, step, batch_size):
-            maps = runner(prepare_clips(frames, transform, runner.device))
-            accumulator.add(pool_maps(maps, spatial, temporal), batch_starts, batch_ends)
+        for frames, batch_starts, batch_ends in iter_clip_chunks(reader, clip_len, stride, step,
+                                                                 views_per_batch(batch_size, crops)):
+            clips = prepare_clips(frames, transform, runner.device)
+            accumulator.add(run_pooled(runner, clips, spatial, temporal, batch_size, crop_pool),
+                            batch_starts, batch_ends)
             if bar is not None:
                 bar.update(len(batch_starts))
     finally:
@@ -296,4 +322,5 @@ def extract_features(
         if own_reader:
             reader.close()
     padded = is_padded(reader.num_frames, clip_len, step)
-    return accumulator.result(model_name, reader.fps, reader.num_frames, padded=padded, config=config)
+    return accumulator.result(model_name, reader.fps, reader.num_frames, padded=padded, config=config,
+                              crops=crop_metadata(transform, reader.height, reader.width, crop_pool))

@@ -5,7 +5,7 @@ clips are taken while a whole clip fits, so a tail shorter than a clip is not co
 shorter than one clip (:func:`fima_models._utils.clip_span` frames) gives exactly one clip
 starting at frame 0, padded by repeating its last frame (:func:`is_padded`).
 """
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -159,15 +159,16 @@ def build_transform(
 
 
 def prepare_clips(
-        clips: Union[torch.Tensor, Sequence[torch.Tensor]], transform: EvalTransform, device: torch.device,
+        clips: Union[torch.Tensor, Sequence[torch.Tensor]], transform: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
 ) -> torch.Tensor:
-    """Normalised float clips ``(N, 3, T, S, S)`` on ``device``.
+    """Normalised float clips ``(N, 3, T, S, S)`` (multi-crop: ``(N, V, 3, T, S, S)``) on ``device``.
 
     Args:
-        clips: uint8 ``[N, T, H, W, 3]`` frames, float clips ``[N, 3, T, S, S]`` that are already
-            transformed (only moved), or a list of single clips of either kind and any frame size.
-        transform: the evaluation transform, run on ``device`` (on a GPU this takes the resize and
-            normalisation off the CPU).
+        clips: uint8 ``[N, T, H, W, 3]`` frames, float clips that are already transformed (only
+            moved), or a list of single clips of either kind and any frame size.
+        transform: the evaluation transform (or its multi-crop form), run on ``device`` (on a
+            GPU this takes the resize and normalisation off the CPU).
         device: where the model runs.
     """
     if isinstance(clips, torch.Tensor):
@@ -176,12 +177,12 @@ def prepare_clips(
     return torch.stack([prepare_clips(clip, transform, device) for clip in clips])
 
 
-def raw_clip_limit(device: torch.device, clip_len: int, size: int) -> int:
+def raw_clip_limit(device: torch.device, clip_len: int, size: int, crops: int = 1) -> int:
     """Largest uint8 clip (in bytes) that decoding workers should ship untransformed.
 
     On a CPU the workers transform every clip (0), in parallel with the model. On a GPU a clip
-    goes raw when its uint8 frames are no larger than the float32 clip the transform makes, so the
-    device does the resize and normalisation and less data crosses process boundaries; larger
-    frames (HD video) are still reduced in the workers.
+    goes raw when its uint8 frames are no larger than the float32 views the transform makes
+    (``crops`` of them), so the device does the resize and normalisation and less data crosses
+    process boundaries; larger frames (HD video) are still reduced in the workers.
     """
-    return 0 if device.type == 'cpu' else 4 * 3 * clip_len * size * size
+    return 0 if device.type == 'cpu' else 4 * 3 * clip_len * size * size * crops

@@ -3,7 +3,9 @@
 The decoding workers start before the model is moved to the device: they fork from a small
 process without a CUDA context (fast and safe) and decode while the device initialises. Pieces
 from the workers are prepared on the device, joined into batches of exactly ``batch_size`` clips,
-run and pooled; each video is saved once all its clips have been through the model. A failure
+run and pooled; each video is saved once all its clips have been through the model. With several
+crops a batch holds ``batch_size // crops`` clips (at least one), whose views are run in passes of
+at most ``batch_size``. A failure
 (of a video, a batch, or writing an output) fails only the videos it touches.
 """
 import logging
@@ -15,8 +17,9 @@ from torch.utils.data import DataLoader
 from fima_models._utils import describe_os_error
 from fima_models.extract.api import FeatureAccumulator
 from fima_models.extract.clips import prepare_clips, raw_clip_limit
+from fima_models.extract.crops import crop_metadata, run_pooled, views_per_batch
 from fima_models.extract.inputs import VideoJob
-from fima_models.extract.runner import FeatureRunner, pool_maps, prepare_inference
+from fima_models.extract.runner import FeatureRunner, prepare_inference
 from fima_models.extract.setup import ExtractionSetup
 from fima_models.extract.storage import NonFiniteFeaturesError, output_path, save_features
 from fima_models.extract.summary import RunState, failure_reason, record
@@ -50,7 +53,8 @@ class VideoPipeline:
         self.on_finished = on_finished
         self.accumulators: Dict[int, FeatureAccumulator] = {}
         self.broken: Dict[int, str] = {}  # videos failed by a batch, with the reason
-        self.queue = ClipQueue(setup.settings.batch_size)
+        self.clip_batch = views_per_batch(setup.settings.batch_size, setup.settings.crops)
+        self.queue = ClipQueue(self.clip_batch)
         self.runner: Optional[FeatureRunner] = None
         self.bar: Any = None
         self.started = time.perf_counter()
@@ -86,18 +90,19 @@ class VideoPipeline:
         workers = min(settings.workers, len(self.jobs))
         dataset = ClipBatchDataset(
             [(job.index, str(job.path)) for job in self.jobs.values()], self.setup.transform, settings.clip_len,
-            settings.stride, settings.step, min(settings.batch_size, PIECE_CLIPS), fps=settings.fps,
+            settings.stride, settings.step, min(self.clip_batch, PIECE_CLIPS), fps=settings.fps,
             decoder_threads=1 if workers else 0,
-            raw_max_bytes=raw_clip_limit(self.setup.device, settings.clip_len, self.setup.transform.size),
+            raw_max_bytes=raw_clip_limit(self.setup.device, settings.clip_len, self.setup.transform.size,
+                                         settings.crops),
         )
         return DataLoader(
             dataset, batch_size=None, num_workers=workers, pin_memory=self.setup.device.type == 'cuda',
-            prefetch_factor=max(2, -(-settings.batch_size // PIECE_CLIPS)) if workers else None,
+            prefetch_factor=max(2, -(-self.clip_batch // PIECE_CLIPS)) if workers else None,
         )
 
     def _consume(self, pieces: Iterator[ClipBatch]) -> None:
         """Queue every piece, run full batches as they form, then the rest; settle videos when due."""
-        batch_size = self.setup.settings.batch_size
+        batch_size = self.clip_batch
         for piece in pieces:
             self._put(piece)
             while self.queue.size >= batch_size:
@@ -126,7 +131,9 @@ class VideoPipeline:
         self.state.clips += len(meta)
         videos = meta[:, 0].tolist()
         try:
-            pooled = pool_maps(self.runner(clips), self.setup.spatial, self.setup.temporal).cpu()
+            settings = self.setup.settings
+            pooled = run_pooled(self.runner, clips, self.setup.spatial, self.setup.temporal, settings.batch_size,
+                                settings.crop_pool).cpu()
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory: fail these videos, keep going
             for index in set(videos):
                 self.broken.setdefault(index, f'the model failed on a batch: {failure_reason(exc)}')
@@ -156,8 +163,9 @@ class VideoPipeline:
         out_path = output_path(settings.out, job.rel, settings.format)
         try:
             assert accumulator is not None, 'a finished video without clips'
+            crops = crop_metadata(self.setup.transform, event['height'], event['width'], settings.crop_pool)
             result = accumulator.result(settings.model, event['fps'], event['num_frames'], padded=event['padded'],
-                                        config=self.setup.config)
+                                        config=self.setup.config, crops=crops)
             save_features(result, out_path, extra={'input': str(job.path), 'extraction': self.setup.fingerprint,
                                                    'source': self.sources[index]})
         except NonFiniteFeaturesError as exc:

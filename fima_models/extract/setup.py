@@ -1,21 +1,26 @@
 """The settings of a many-video run and what they resolve to before any video is touched."""
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from fima_models._utils import resolve_device, resolve_precision
+from fima_models._utils import has_native_bf16, resolve_device, resolve_precision
 from fima_models.extract.api import extraction_config
 from fima_models.extract.clips import build_transform
+from fima_models.extract.crops import MultiCropTransform, check_crops, crop_transform
 from fima_models.extract.loading import load_model
 from fima_models.extract.runner import check_layer, resolve_pooling
 from fima_models.extract.storage import weights_digest
+from fima_models.inference import BF16_TOLERANCE
 from fima_models.transforms import EvalTransform
 
 __all__ = ['ExtractionSettings', 'ExtractionSetup', 'prepare_setup']
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,10 +32,10 @@ class ExtractionSettings:
         out: the output folder.
         model: model name, alias, ``hf-hub:``/``local-dir:`` source or converted model folder.
         pretrained: load the pretrained weights of a named model.
-        clip_len, stride, step, fps, size, level, spatial_pool, temporal_pool, layer: as for
-            :func:`fima_models.extract_features`.
+        clip_len, stride, step, fps, size, level, spatial_pool, temporal_pool, layer, crops,
+            crop_pool: as for :func:`fima_models.extract_features`.
         format: ``npy`` or ``safetensors``.
-        batch_size: clips per forward pass.
+        batch_size: clips per forward pass (views, with ``crops`` > 1).
         workers: decoding worker processes (0: decode in this process).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``None`` (CUDA when available).
         precision: ``fp32``, ``bf16`` or ``auto``.
@@ -52,6 +57,8 @@ class ExtractionSettings:
     spatial_pool: Optional[str] = None
     temporal_pool: Optional[str] = None
     layer: Optional[int] = None
+    crops: int = 1
+    crop_pool: str = 'keep'
     format: str = 'npy'
     batch_size: int = 8
     workers: int = 2
@@ -78,7 +85,7 @@ class ExtractionSetup:
     spatial: str
     temporal: str
     model: nn.Module
-    transform: EvalTransform
+    transform: Union[EvalTransform, MultiCropTransform]
     config: Dict[str, Any]
     fingerprint: Dict[str, Any]
 
@@ -95,14 +102,21 @@ def prepare_setup(settings: ExtractionSettings, world_size: int = 1, local_rank:
     if device.type == 'cuda' and device.index is None and world_size > 1:
         device = torch.device('cuda', local_rank)
     precision, _ = resolve_precision(settings.precision, device)  # refuse before spending time on the model
+    if precision == 'fp32' and has_native_bf16(device):
+        _logger.info('extracting in fp32 on %s, which computes bfloat16 natively: --precision bf16 (or auto) would be '
+                     'faster, with features within %g of fp32 (relative to their largest magnitude)',
+                     device, BF16_TOLERANCE)
     spatial, temporal = resolve_pooling(settings.level, settings.spatial_pool, settings.temporal_pool)
+    check_crops(settings.crops, settings.crop_pool)
     model = load_model(settings.model, pretrained=settings.pretrained)
     check_layer(model, settings.layer)
-    transform = build_transform(model, size=settings.size)
+    transform = crop_transform(build_transform(model, size=settings.size), settings.crops)
     config = extraction_config(settings.clip_len, settings.stride, settings.step, settings.level, spatial, temporal,
-                               settings.layer, transform, settings.fps, precision)
-    # what produced a result: the weights themselves (not their name), every setting, and the code path
+                               settings.layer, transform, settings.fps, precision, settings.crops, settings.crop_pool)
+    # what produced a result: the weights themselves (not their name), every setting, and the code path;
+    # one crop leaves the crop settings out, so folders extracted before multi-crop existed still resume
+    settings_part = {k: v for k, v in config.items() if settings.crops > 1 or k not in ('crops', 'crop_pool')}
     fingerprint = json.loads(json.dumps({
         'model': settings.model, 'weights_sha256': weights_digest(model), 'pretrained': bool(settings.pretrained),
-        'format': settings.format, 'optimize': bool(settings.optimize), **config}))
+        'format': settings.format, 'optimize': bool(settings.optimize), **settings_part}))
     return ExtractionSetup(settings, device, precision, spatial, temporal, model, transform, config, fingerprint)

@@ -8,14 +8,13 @@ pieces of all workers and videos into model batches of exactly ``batch_size`` cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fima_models.extract.clips import is_padded, iter_clip_chunks
 from fima_models.extract.summary import failure_reason
-from fima_models.transforms import EvalTransform
 from fima_models.video import VideoReader
 
 __all__ = ['PIECE_CLIPS', 'ClipBatch', 'ClipBatchBuilder', 'ClipBatchDataset', 'ClipQueue']
@@ -29,11 +28,11 @@ class ClipBatch:
     """Clips of one or more videos plus the video events (finished / failed) that follow them.
 
     ``clips`` is one tensor when all clips have one shape and type: transformed float
-    ``(B, 3, T, S, S)`` (the workers ran the transform, as on a CPU) or raw uint8
+    ``(B, 3, T, S, S)`` (multi-crop: ``(B, V, 3, T, S, S)``; the workers ran the transform, as on a CPU) or raw uint8
     ``(B, T, H, W, 3)`` for the device to transform; otherwise a list of such clips (see
     :func:`fima_models.extract.clips.prepare_clips` and :func:`~fima_models.extract.clips.raw_clip_limit`).
     ``events`` apply after the clips of the same batch: ``{'video': i, 'status': 'done',
-    'num_frames', 'fps', 'num_clips', 'padded'}`` or ``{'video': i, 'status': 'failed', 'reason'}``.
+    'num_frames', 'fps', 'num_clips', 'padded', 'height', 'width'}`` or ``{'video': i, 'status': 'failed', 'reason'}``.
     """
     clips: Union[torch.Tensor, List[torch.Tensor]]
     videos: torch.Tensor  # int64 (B,) job index of each clip
@@ -106,7 +105,8 @@ class ClipBatchDataset(IterableDataset):
     """
 
     def __init__(
-            self, jobs: Sequence[Tuple[int, str]], transform: EvalTransform, clip_len: int, stride: int,
+            self, jobs: Sequence[Tuple[int, str]], transform: Callable[[torch.Tensor], torch.Tensor], clip_len: int,
+            stride: int,
             step: int, batch_size: int, fps: Optional[float] = None, decoder_threads: int = 0,
             raw_max_bytes: int = 0,
     ) -> None:
@@ -151,6 +151,7 @@ class ClipBatchDataset(IterableDataset):
         builder.events.append({
             'video': index, 'status': 'done', 'num_frames': reader.num_frames, 'fps': reader.fps,
             'num_clips': count, 'padded': is_padded(reader.num_frames, self.clip_len, self.step),
+            'height': reader.height, 'width': reader.width,
         })
 
 

@@ -6,7 +6,7 @@ Layouts:
 * model input is float channel-first ``[3, T, H, W]`` or batched ``[N, 3, T, H, W]``.
 
 The ops (:func:`resize_short_side`, :func:`resized_crop`, :func:`center_crop`,
-:func:`three_crop`, :func:`hflip`, :func:`adjust_brightness`, :func:`adjust_contrast`,
+:func:`three_crop`, :func:`crop_positions`, :func:`hflip`, :func:`adjust_brightness`, :func:`adjust_contrast`,
 :func:`adjust_saturation`, :func:`adjust_hue`, :func:`rgb_to_grayscale`,
 :func:`gaussian_blur`, :func:`normalize`, :func:`frame_difference`) take float ``[C, T, H, W]``
 or ``[N, C, T, H, W]`` on any device and draw nothing at random. Colour and blur parameters
@@ -82,7 +82,8 @@ def resize(x: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> to
     return _back(out, was4d)
 
 
-def _short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+def short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """``(height, width)`` of an ``h x w`` frame after :func:`resize_short_side` to ``size``."""
     if h <= w:
         return size, max(1, int(round(w * size / h)))
     return max(1, int(round(h * size / w))), size
@@ -91,7 +92,7 @@ def _short_side_size(h: int, w: int, size: int) -> tuple[int, int]:
 def resize_short_side(x: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
     """Resize so the shorter side equals ``size``, keeping the aspect ratio."""
     h, w = x.shape[-2:]
-    return resize(x, _short_side_size(h, w, size), antialias=antialias)
+    return resize(x, short_side_size(h, w, size), antialias=antialias)
 
 
 def crop(x: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
@@ -132,14 +133,35 @@ def three_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if size > min(h, w):
         raise ValueError(f"three-crop size {size} exceeds the {h}x{w} frame; resize the short side first")
-    if w >= h:
-        top = (h - size) // 2
-        boxes = [(top, 0), (top, (w - size) // 2), (top, w - size)]
-    else:
-        left = (w - size) // 2
-        boxes = [(0, left), ((h - size) // 2, left), (h - size, left)]
-    crops = [crop(x, t, l, size, size) for t, l in boxes]
+    crops = [crop(x, t, l, size, size) for t, l in crop_positions(h, w, size, 3)]
     return torch.stack(crops, dim=0 if x.dim() == 4 else 1)
+
+
+def crop_positions(h: int, w: int, size: int, count: int) -> list[tuple[int, int]]:
+    """``(top, left)`` of ``count`` square ``size`` crops of an ``h x w`` frame.
+
+    Args:
+        h, w: frame size.
+        size: crop side; must not exceed the shorter side.
+        count: 1 (the centre); 3 (along the longer side: start, centre, end, centred across it,
+            as :func:`three_crop` takes them); 5 (the corners top-left, top-right, bottom-left,
+            bottom-right, then the centre: the order of torchvision's ``FiveCrop``).
+
+    Raises:
+        ValueError: ``size`` exceeds the shorter side, or ``count`` is not 1, 3 or 5.
+    """
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} exceeds the {h}x{w} frame; resize the short side to at least {size} first")
+    centre = ((h - size) // 2, (w - size) // 2)
+    if count == 1:
+        return [centre]
+    if count == 3:
+        if w >= h:
+            return [(centre[0], 0), centre, (centre[0], w - size)]
+        return [(0, centre[1]), centre, (h - size, centre[1])]
+    if count == 5:
+        return [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), centre]
+    raise ValueError(f"crop_positions takes count 1, 3 or 5, got {count}")
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
