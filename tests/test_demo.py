@@ -68,7 +68,7 @@ def test_demo_config_checks() -> None:
 
 
 def test_train_transform_reads_the_augmentation_probabilities() -> None:
-    from fima_models.transforms import FIMA_MEAN, FIMA_STD
+    from fima_models._utils import KINETICS_MEAN, KINETICS_STD
     from train.downstream.build import train_transform
 
     model = torch.nn.Identity()  # no pretrained_cfg: the default normalisation
@@ -84,7 +84,7 @@ def test_train_transform_reads_the_augmentation_probabilities() -> None:
     # a uniform clip keeps its exact colour without jitter and grayscale; the paper's probabilities change it
     colour = torch.tensor([200, 30, 60], dtype=torch.uint8)
     clip = colour.expand(4, 16, 16, 3).contiguous()
-    expected = ((colour / 255.0 - torch.tensor(FIMA_MEAN)) / torch.tensor(FIMA_STD)).view(3, 1, 1, 1)
+    expected = ((colour / 255.0 - torch.tensor(KINETICS_MEAN)) / torch.tensor(KINETICS_STD)).view(3, 1, 1, 1)
     assert torch.allclose(kept(clip, g), expected.expand(3, 4, 16, 16), atol=1e-4)
     paper = train_transform({"data": {"size": 16, "jitter_p": None}}, model)  # None: the default applies
     assert any(not torch.allclose(paper(clip, g), expected.expand(3, 4, 16, 16), atol=1e-3) for _ in range(5))

@@ -246,6 +246,10 @@ def test_resolve_config_layers_and_errors(tmp_path: Path) -> None:
         resolve_config("linear", row, flags)
     with pytest.raises(ConfigError, match="--root"):
         resolve_config("linear", None, {"out": "x"})
+    assert cfg["data"]["flip_p"] is None  # the paper's augmentation unless a recipe sets it
+    assert resolve_config("finetune", row, flags, ["data.flip_p=0.25"])["data"]["flip_p"] == 0.25
+    with pytest.raises(ConfigError, match="data.flip_p"):
+        resolve_config("finetune", row, flags, ["data.flip_p=1.5"])
     assert main(["test", "--dataset", "ucf101", "--root", str(tmp_path / "missing"), "--model", "test_r3d",
                  "--out", str(tmp_path / "o")]) == 2
 

@@ -1,12 +1,14 @@
 """``python -m train COMMAND ...``: one sub-command parser per command, as ``fima-models`` builds its own.
 
 Each module named in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
-commands and sets ``func(args) -> int`` as their handler.
+commands and sets ``func(args) -> int`` as their handler. Unlike ``fima-models`` (one module per
+command, see :mod:`fima_models.cli`), a module may add several commands: ``train.downstream``'s
+four recipes share one argument set and one runner.
 """
 import argparse
 import importlib
 import sys
-from typing import Any, List, Optional
+from typing import List, Optional
 
 __all__ = ['main', 'build_parser', 'COMMAND_MODULES']
 
@@ -14,21 +16,8 @@ COMMAND_MODULES = (
     'train.pretrain',      # pretrain
     'train.downstream',    # finetune, linear, retrieval, test
     'train.summarize',     # summarize
+    'train.demo',          # demo
 )
-
-
-def _register_demo(subparsers: Any) -> None:
-    """``demo``, whose module builds its own parser: the arguments reach ``train.demo.main`` as they are.
-
-    (Once :mod:`train.demo` exposes ``register`` it joins :data:`COMMAND_MODULES` and this goes.)
-    """
-    from train import demo
-
-    # no option prefix: every argument, '--out' and '-h' included, is left for the demo's own parser
-    parser = subparsers.add_parser('demo', help='the end-to-end demo (python -m train demo --help)', add_help=False,
-                                   prefix_chars='\0')
-    parser.add_argument('argv', nargs='*')
-    parser.set_defaults(func=lambda args: demo.main(args.argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
-    _register_demo(subparsers)
     return parser
 
 

@@ -51,10 +51,10 @@ import torch
 import fima_models
 from fima_models.checkpoint import load_backbone_state_dict
 from fima_models.convert import convert_checkpoint
+from fima_models._utils import KINETICS_MEAN, KINETICS_STD, atomic_write, atomic_write_text, clip_span
 from fima_models.data import build_dataset
 from fima_models.data.synthetic import dataset_clip, write_motion_dataset
-from fima_models.transforms import FIMA_MEAN, FIMA_STD, frame_difference
-from train.common.checkpoint import atomic_write, atomic_write_text
+from fima_models.transforms import frame_difference
 from train.common.config import ConfigError, apply_overrides, load_yaml, merge
 from train.common.run_log import read_csv, setup_console_logging
 from train.downstream import resolve_config
@@ -375,7 +375,7 @@ def _mask_clips(cfg: Mapping[str, Any], data_root: Path) -> tuple[torch.Tensor, 
     # every k-th test video: all classes are represented
     count = min(int(cfg["mask"]["videos"]), len(test.samples))
     picks = np.linspace(0, len(test.samples) - 1, count).round().astype(int)
-    span = (int(p["clip_len"]) - 1) * int(p["step"]) + 1
+    span = clip_span(int(p["clip_len"]), int(p["step"]))
     frames, masks, labels = [], [], []
     for i in picks:
         path, label = test.samples[int(i)]
@@ -390,8 +390,8 @@ def _mask_clips(cfg: Mapping[str, Any], data_root: Path) -> tuple[torch.Tensor, 
 
 def _foreground(encoder: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
     """FIMA's foreground cells of [0, 1] clips ``(N, 3, T, H, W)`` under ``encoder`` (RGB and difference views)."""
-    mean = torch.tensor(FIMA_MEAN).view(1, 3, 1, 1, 1)
-    std = torch.tensor(FIMA_STD).view(1, 3, 1, 1, 1)
+    mean = torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1)
     # train mode as in FIMA's key encoder: BatchNorm statistics of each view type's own batch
     encoder.train()
     with torch.no_grad():

@@ -42,7 +42,7 @@ from fima_models.video import write_video
 
 __all__ = ["MOTION_CLASSES", "MotionClip", "MotionSpec", "dataset_clip", "render_motion_clip", "write_motion_dataset"]
 
-_LOGGER = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 _META_NAME = "motion.json"
 _FORMAT_VERSION = 2
@@ -343,7 +343,7 @@ def write_motion_dataset(
     if not overwrite and meta_path.is_file():
         try:
             if json.loads(meta_path.read_text(encoding="utf-8")) == params:
-                _LOGGER.info("reusing motion data set at %s", root)
+                _logger.info("reusing motion data set at %s", root)
                 return root
         except (OSError, json.JSONDecodeError):
             pass
@@ -380,7 +380,7 @@ def write_motion_dataset(
         atomic_write_text(lists / f"trainlist0{split}.txt", "".join(train_lines))
         atomic_write_text(lists / f"testlist0{split}.txt", "".join(test_lines))
     atomic_write_text(meta_path, json.dumps(params, indent=2) + "\n")
-    _LOGGER.info("wrote %d motion videos (%d classes) to %s", len(jobs), len(names), root)
+    _logger.info("wrote %d motion videos (%d classes) to %s", len(jobs), len(names), root)
     return root
 
 

@@ -42,16 +42,10 @@ from fima_models.transforms.functional import (
 )
 from fima_models.transforms.presets import EvalTransform, RandomViewTransform, TrainTransform
 
-#: Old names of :data:`KINETICS_MEAN` / :data:`KINETICS_STD`, kept while ``train/`` still imports them.
-FIMA_MEAN = KINETICS_MEAN
-FIMA_STD = KINETICS_STD
-
 # The one list of the public names (the modules themselves keep their helpers private by a leading "_").
 __all__ = [
     "KINETICS_MEAN",
     "KINETICS_STD",
-    "FIMA_MEAN",
-    "FIMA_STD",
     # functional
     "to_float",
     "check_uint8_clip",

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from fima_models._utils import TRAIN_CHECKPOINT_FORMAT, atomic_write, atomic_write_bytes, atomic_write_text
+from fima_models._utils import TRAIN_CHECKPOINT_FORMAT, atomic_write
 from fima_models.checkpoint import CheckpointError, read_checkpoint
 from train.common.config import ConfigError
 
@@ -31,9 +31,6 @@ __all__ = [
     "CHECKPOINT_PATTERN",
     "TRAIN_CHECKPOINT_VERSION",
     "train_checkpoint",
-    "atomic_write",
-    "atomic_write_text",
-    "atomic_write_bytes",
     "atomic_torch_save",
     "checkpoint_path",
     "list_checkpoints",

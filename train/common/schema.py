@@ -261,6 +261,10 @@ class DownstreamData:
     test_clips: int = rule(ge=1)
     blur: bool = MISSING
     workers: int = rule(ge=0)
+    # augmentation probabilities of fine-tuning; None keeps the paper's (flip 0.5, jitter 0.8, grayscale 0.2)
+    flip_p: Optional[float] = rule(None, ge=0, le=1)
+    jitter_p: Optional[float] = rule(None, ge=0, le=1)
+    grayscale_p: Optional[float] = rule(None, ge=0, le=1)
 
 
 @dataclass

@@ -19,8 +19,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import fima_models
+from fima_models._utils import KINETICS_MEAN, KINETICS_STD
 from fima_models.data import RandomClipSampler, UniformClipSampler, build_dataset
-from fima_models.transforms import FIMA_MEAN, FIMA_STD, EvalTransform, TrainTransform
+from fima_models.models import pretrained_cfg_dict
+from fima_models.transforms import EvalTransform, TrainTransform
 from train.common.config import ConfigError, save_config
 from train.common.distributed import DistInfo, init_distributed
 from train.common.precision import resolve_precision
@@ -165,7 +167,7 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, drop_rate: float = 0.0
         model = fima_models.create_model(name, pretrained=bool(cfg.get("pretrained", False)), **kwargs)
     weights = weights_provenance(name, bool(cfg.get("pretrained", False)) or name.startswith(_LOCAL), checkpoint)
     if weights["source"] != "random" and not weights.get("method"):
-        weights["method"] = (getattr(model, "pretrained_cfg", None) or {}).get("method")
+        weights["method"] = pretrained_cfg_dict(model).get("method")
     log.info("model %s (%s weights, %d classes, %.1fM parameters)", name, weights["source"], num_classes,
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model, weights
@@ -198,8 +200,8 @@ def load_classifier_checkpoint(model: nn.Module, path: str | Path) -> dict[str, 
 
 def model_norm(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Normalisation mean and std recorded in the model's pretrained config."""
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(pcfg.get("mean") or FIMA_MEAN), tuple(pcfg.get("std") or FIMA_STD)
+    pcfg = pretrained_cfg_dict(model)
+    return tuple(pcfg.get("mean") or KINETICS_MEAN), tuple(pcfg.get("std") or KINETICS_STD)
 
 
 def train_transform(cfg: Mapping[str, Any], model: nn.Module) -> TrainTransform:
