@@ -300,3 +300,16 @@ def test_finetune_non_finite_loss_stops_with_exit_3(tmp_path: Path, caplog: pyte
                  str(tmp_path / "ft"), "finetune.epochs=1", "finetune.batch_size=2", "finetune.optim.lr=1e38"] + TINY) == 3
     assert "non-finite loss at step 2 (epoch 0)" in caplog.text and "Lower the learning rate (finetune.optim.lr)" in caplog.text
     assert not (tmp_path / "ft" / "final.pt").exists()
+
+
+def test_cached_features_are_served_as_the_collated_items() -> None:
+    from torch.utils.data import default_collate
+
+    from train.downstream.linear import FeatureDataset
+
+    features = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    dataset = FeatureDataset(features, torch.arange(10, dtype=torch.int32) % 3)
+    indices = [7, 2, 2, 9]
+    feats, labels = dataset.take(torch.tensor(indices))
+    want_feats, want_labels = default_collate([dataset[i] for i in indices])
+    assert torch.equal(feats, want_feats) and torch.equal(labels, want_labels) and labels.dtype == want_labels.dtype

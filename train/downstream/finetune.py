@@ -103,6 +103,19 @@ def _classify(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dic
     return {"loss": F.cross_entropy(logits.float(), labels), "acc1": (logits.argmax(1) == labels).float().mean()}
 
 
+class _WholeBatches(Dataset):
+    """A data set with ``take(indices)`` served a batch at a time: item = the sampler's ``(epoch, index)`` keys."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, keys: list[tuple[int, int]]) -> Any:
+        return self.dataset.take(torch.tensor([index for _, index in keys], dtype=torch.long))
+
+
 def train_loop(
     ctx: RunContext,
     model: nn.Module,
@@ -127,7 +140,8 @@ def train_loop(
             ``keep_last``, ``save_every``.
         method: recorded in checkpoints (``finetune`` / ``linear``).
         num_classes: classifier size (recorded in checkpoints).
-        video_input: inputs are clips (enables ``channels_last``; False for cached features).
+        video_input: inputs are clips (enables ``channels_last``); False for cached features, whose
+            data set serves whole batches with ``take(indices) -> (features, labels)``.
         log_dir: where ``metrics.csv``, TensorBoard and ``loss.png`` go (default: the run folder).
 
     Returns:
@@ -152,14 +166,19 @@ def train_loop(
         shuffle=True,
         drop_last=True,
     )
-    workers = int(cfg["data"]["workers"]) if video_input else 0
-    loader = DataLoader(
-        SeededDataset(dataset, seed),
-        batch_sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
+    if video_input:
+        workers = int(cfg["data"]["workers"])
+        loader = DataLoader(
+            SeededDataset(dataset, seed),
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+    else:
+        # cached features need no augmentation (no per-sample seed): one indexing per batch instead of
+        # one item per sample, which dominated the linear probe (same batches, same values)
+        loader = DataLoader(_WholeBatches(dataset), sampler=sampler, batch_size=None)
     model.to(device)
     if channels_last:
         to_channels_last_3d(model)

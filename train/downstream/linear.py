@@ -122,6 +122,10 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.features[index], int(self.labels[index])
 
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch: ``features[indices]`` and the labels as int64 (what collating items gives)."""
+        return self.features[indices], self.labels[indices].long()
+
 
 def _read_cache(cache: Path) -> dict[str, Any] | None:
     """The feature cache's content, or None (with a warning) when it is truncated or not a cache."""
