@@ -2,7 +2,7 @@
 
 :class:`FimaPretrainer` owns the query encoder f_q (the backbone being pretrained), its momentum
 copy f_k, the projector P and its EMA P_k, the motion decoder (FIMA only) and the key queues.
-``forward(batch)`` takes one collated batch of :class:`fima_models.transforms.FimaViewTransform`
+``forward(batch)`` takes one collated batch of :class:`train.fima.views.FimaViewTransform`
 views and returns the loss terms; :meth:`FimaPretrainer.momentum_update` is called by the
 training loop once per optimizer step, before the step's first forward.
 
