@@ -75,7 +75,7 @@ __all__ = [
     "run_command",
 ]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 _CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -227,7 +227,7 @@ def _pretrain(cfg: Mapping[str, Any], method: str, data_root: Path, out: Path) -
         "final_loss": float(rows[-1]["loss"]) if rows else math.nan,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    log.info("%s pretraining: %d steps, final loss %.3f, %.0f s", method, info["steps"], info["final_loss"],
+    _logger.info("%s pretraining: %d steps, final loss %.3f, %.0f s", method, info["steps"], info["final_loss"],
              info["wall_s"])
     return final, info
 
@@ -245,7 +245,7 @@ def _export(checkpoint: Path, arch: str, method: str, out: Path) -> tuple[Path, 
     mismatched = [k for k, v in expected.items() if k not in loaded or not torch.equal(loaded[k], v)]
     if mismatched:
         raise RuntimeError(f"local-dir:{zoo_dir} does not reproduce {checkpoint}: {mismatched[:5]} differ")
-    log.info("exported %s -> local-dir:%s (%d tensors identical after reload)", checkpoint.name, zoo_dir, len(expected))
+    _logger.info("exported %s -> local-dir:%s (%d tensors identical after reload)", checkpoint.name, zoo_dir, len(expected))
     return zoo_dir, f"local-dir:{zoo_dir}"
 
 
@@ -589,7 +589,7 @@ class _StageClock:
         """Close the stage ``name``: the time since the previous lap (or the start) is charged to it."""
         wall, cpu = time.perf_counter(), _cpu_seconds()
         self.stages[name] = {"wall_s": round(wall - self._wall, 1), "cpu_s": round(cpu - self._cpu, 1)}
-        log.info("stage %s: %.0f s wall, %.0f s CPU", name, wall - self._wall, cpu - self._cpu)
+        _logger.info("stage %s: %.0f s wall, %.0f s CPU", name, wall - self._wall, cpu - self._cpu)
         self._wall, self._cpu = wall, cpu
 
 
@@ -598,7 +598,7 @@ def _run_demo(out: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
     clock = _StageClock()
     data_root = _prepare_data(cfg, out)
     clock.lap("data")
-    log.info("data ready in %.0f s: %s", time.perf_counter() - t0, data_root)
+    _logger.info("data ready in %.0f s: %s", time.perf_counter() - t0, data_root)
     arch = str(cfg["pretrain"]["overrides"]["model"]["arch"])
     results: dict[str, Any] = {}
     checkpoints: dict[str, Path] = {}
@@ -611,7 +611,7 @@ def _run_demo(out: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
         clock.lap(f"probe_{method}")
         results[method] = {**scores, "pretrain_steps": info["steps"], "pretrain_final_loss": round(info["final_loss"], 4),
                            "pretrain_wall_s": info["wall_s"], "zoo_entry": str(zoo_dir)}
-        log.info("%s: %s", method, scores)
+        _logger.info("%s: %s", method, scores)
     steps = int(results["fima"]["pretrain_steps"])
     results["random"] = _probe(cfg, arch, data_root, out / "probe_random")
     clock.lap("probe_random")
@@ -638,7 +638,7 @@ def _run_demo(out: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", "# Demo: FIMA vs MoCo on motion classes\n\n" + _table(results) + "\n\n"
                       f"{_time_line(results)}\n")
-    log.info("demo finished in %.0f s: %s", results["wall_time_s"], out / "results.md")
+    _logger.info("demo finished in %.0f s: %s", results["wall_time_s"], out / "results.md")
     return results
 
 

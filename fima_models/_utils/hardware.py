@@ -18,7 +18,7 @@ __all__ = [
     'resolve_precision', 'autocast_dtype', 'to_channels_last_3d',
 ]
 
-_LOGGER = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 #: Precisions of inference and feature extraction.
 PRECISIONS = ('fp32', 'bf16', 'auto')
@@ -120,7 +120,7 @@ def resolve_precision(
                    'slower than fp32. Use precision fp32 or auto.')
         if not allow_emulated:
             raise ValueError(message)
-        _LOGGER.warning(message)
+        _logger.warning(message)
         return 'bf16', 'bf16 autocast: asked for, emulated by this hardware'
     return 'bf16', 'bf16 autocast: asked for, hardware has it'
 

@@ -46,7 +46,7 @@ __all__ = [
     "unwrap",
 ]
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 _LOCAL = "local-dir:"
 #: ``data`` keys that set an augmentation probability of :func:`train_transform`.
@@ -115,7 +115,7 @@ def start_run(cfg: dict[str, Any]) -> RunContext:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     precision = resolve_precision(str(cfg.get("precision", "auto")), dist.device)
-    log.info(
+    _logger.info(
         "%s on %s (%d process%s, precision %s) -> %s",
         cfg.get("command"),
         dist.device,
@@ -168,7 +168,7 @@ def build_model(cfg: Mapping[str, Any], num_classes: int, drop_rate: float = 0.0
     weights = weights_provenance(name, bool(cfg.get("pretrained", False)) or name.startswith(_LOCAL), checkpoint)
     if weights["source"] != "random" and not weights.get("method"):
         weights["method"] = pretrained_cfg_dict(model).get("method")
-    log.info("model %s (%s weights, %d classes, %.1fM parameters)", name, weights["source"], num_classes,
+    _logger.info("model %s (%s weights, %d classes, %.1fM parameters)", name, weights["source"], num_classes,
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model, weights
 
