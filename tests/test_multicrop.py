@@ -212,3 +212,27 @@ def test_fp32_on_native_bf16_hardware_logs_one_hint(native, monkeypatch, caplog,
     assert len(hints) == (1 if native else 0)
     if native:
         assert hints[0].levelno == logging.INFO and 'within 0.05 of fp32' in hints[0].getMessage()
+
+
+def test_views_made_on_the_device_equal_views_made_in_the_workers(videos) -> None:
+    """Raw clips (as workers ship them to a GPU) and clips transformed in the workers give the same views."""
+    from fima_models.extract.clips import prepare_clips
+    from fima_models.extract.workers import ClipBatchDataset
+
+    transform = crops_module.MultiCropTransform(EvalTransform(**VIEW), 10)
+    jobs = [(0, str(videos['landscape'])), (1, str(videos['portrait']))]
+    pieces = {limit: list(ClipBatchDataset(jobs, transform, CLIP_LEN, CLIP_LEN, 1, 3, raw_max_bytes=limit))
+              for limit in (0, 10**9)}
+    dtypes = {limit: {clip.dtype for p in found if p.videos.numel()
+                      for clip in (p.clips if isinstance(p.clips, list) else [p.clips])}
+              for limit, found in pieces.items()}
+    assert dtypes == {0: {torch.float32}, 10**9: {torch.uint8}}  # transformed in the workers / shipped raw
+    for worker_piece, raw_piece in zip(pieces[0], pieces[10**9]):
+        assert worker_piece.events == raw_piece.events
+        if not worker_piece.videos.numel():
+            continue
+        made_there = prepare_clips(worker_piece.clips, transform, torch.device('cpu'))
+        made_here = prepare_clips(raw_piece.clips, transform, torch.device('cpu'))
+        assert made_there.shape[1:] == (10, 3, CLIP_LEN, 32, 32)
+        torch.testing.assert_close(made_here, made_there, rtol=0, atol=0)
+    assert {e['video']: (e['height'], e['width']) for p in pieces[0] for e in p.events} == {0: (40, 56), 1: (56, 40)}
