@@ -17,3 +17,10 @@ from .hardware import (
     PRECISIONS, TRAINING_PRECISIONS, autocast_dtype, cpu_has_native_bf16, has_native_bf16, resolve_device,
     resolve_precision, to_channels_last_3d,
 )
+
+__all__ = [
+    'FolderLock', 'FolderLockedError', 'atomic_write', 'atomic_write_bytes', 'atomic_write_text', 'default_dir_mode',
+    'default_file_mode', 'KINETICS_MEAN', 'KINETICS_STD', 'TRAIN_CHECKPOINT_FORMAT', 'VIDEO_EXTENSIONS', 'clip_span',
+    'describe_error', 'describe_os_error', 'PRECISIONS', 'TRAINING_PRECISIONS', 'autocast_dtype', 'cpu_has_native_bf16',
+    'has_native_bf16', 'resolve_device', 'resolve_precision', 'to_channels_last_3d',
+]
