@@ -24,7 +24,12 @@ Settings (``--settings``; ``+alloc`` after any name first calls
 * ``fast``: :func:`fima_models.inference.optimize_for_inference` with the device's default plan;
 * ``fast_compile``: the same with ``compile=True``;
 * ``bf16``: bfloat16 autocast, only where the hardware computes bfloat16 natively (skipped and
-  reported otherwise).
+  reported otherwise);
+* ``precisions``: one worker timing, interleaved, our fp32 fast path, the bf16 plan
+  (``optimize_for_inference(precision='bf16')``), the same compiled and bf16 autocast of the plain
+  model, with the fp32 and bf16 matmul peaks measured in the same process (before and after, the
+  higher kept), the pooled features' cosine and max relative error against plain fp32, the CPU's
+  bfloat16 flags and the load average (where skipped without native bfloat16).
 
 Each worker reports clips/s, the peak memory of a step (CPU: growth of the resident set above its
 level before the step, via ``/proc/self/clear_refs``; CUDA: ``max_memory_allocated``), parameters,
@@ -67,7 +72,8 @@ from fima_models.inference import (  # noqa: E402
 from fima_models.models.i3d import MaxPool3dSame, Unit3d  # noqa: E402
 
 MODELS = ('r3d_18', 'mc3_18', 'r2plus1d_18', 's3d', 'i3d')
-SETTINGS = ('fp32', 'channels_last', 'compile', 'compile_freeze', 'fold', 'fold_cl', 'fast', 'fast_compile', 'bf16')
+SETTINGS = ('fp32', 'channels_last', 'compile', 'compile_freeze', 'fold', 'fold_cl', 'fast', 'fast_compile', 'bf16',
+            'precisions')
 TRAIN_SETTINGS = ('fp32', 'channels_last')
 #: Largest relative output difference between ours and the reference (same weights, fp32).
 MAX_REF_MISMATCH = 1e-4
@@ -135,9 +141,9 @@ def gflops_per_clip(name: str, frames: int, size: int) -> Tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 # measurement
 # ---------------------------------------------------------------------------------------------
-def matmul_peak(device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Best float32 matmul GFLOP/s of ``reps`` ``n x n`` products."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best matmul GFLOP/s of ``reps`` ``n x n`` products in ``dtype``."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best = float('inf')
     for _ in range(reps + 1):
         sync(device)
@@ -206,8 +212,118 @@ def bf16_available(device: torch.device) -> bool:
     return plan_inference(device, precision='auto').precision == 'bf16'
 
 
+#: The rows of the ``precisions`` setting, timed interleaved in one worker.
+PRECISION_ROWS = ('fp32_fast', 'bf16_plan', 'bf16_plan_compile', 'bf16_autocast')
+
+
+def cpu_flags() -> Dict[str, bool]:
+    """Whether the CPU has the bfloat16 instructions the bf16 plan relies on."""
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return {}
+    flags = set(next((line.split(':', 1)[1].split() for line in text.splitlines()
+                      if line.startswith('flags')), []))
+    return {flag: flag in flags for flag in ('avx512_bf16', 'amx_bf16', 'amx_tile', 'avx512f')}
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average (the machine may be shared), ``None`` where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def precision_worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Per-precision rows of one model: fp32 fast path, bf16 plan (default, eager), bf16 plan compiled,
+    bf16 autocast of the plain model; timed interleaved, with the fp32 and bf16 matmul peaks measured in
+    the same process before and after, and the pooled features compared with plain fp32."""
+    device = torch.device(cfg['device'])
+    out: Dict[str, Any] = dict(cfg, cpu_flags=cpu_flags(), load_before=load_average())
+    if not bf16_available(device):
+        out['skipped'] = f'{device.type} has no native bfloat16 (it would be emulated, ~100x slower)'
+        return out
+    shape = (cfg['batch'], 3, cfg['frames'], cfg['size'], cfg['size'])
+    ours, _, _ = build_pair(cfg['model'], cfg['size'])
+    ours = ours.eval().to(device)
+    out['gflops_per_clip'], out['params_m'] = gflops_per_clip(cfg['model'], cfg['frames'], cfg['size'])
+    peaks = {'fp32': [matmul_peak(device)], 'bf16': [matmul_peak(device, dtype=torch.bfloat16)]}
+    torch.manual_seed(1)
+    x = torch.randn(shape, device=device)
+    with torch.inference_mode():
+        ref = ours.forward_features(x).float().mean((2, 3, 4))
+    runs: Dict[str, Callable[[], Any]] = {}
+    setup: Dict[str, float] = {}
+    for row in PRECISION_ROWS:
+        start = time.perf_counter()
+        if row == 'bf16_autocast':
+            def run() -> Any:
+                with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+                    return ours.forward_features(x).float()
+        else:
+            fast = optimize_for_inference(
+                ours, device, shape, precision='fp32' if row == 'fp32_fast' else 'bf16',
+                compile=row == 'bf16_plan_compile', verify=False)
+            xin = x.contiguous(memory_format=torch.channels_last_3d)
+
+            def run(fast: nn.Module = fast, xin: torch.Tensor = xin) -> Any:
+                with torch.inference_mode():
+                    return fast.forward_features(xin).float()
+            out.setdefault('plans', {})[row] = fast.inference_plan.describe()
+        pooled = run().mean((2, 3, 4))  # warm-up; compiles where the plan compiles
+        setup[row] = time.perf_counter() - start
+        cosine = F.cosine_similarity(pooled.double(), ref.double(), dim=1)
+        out.setdefault('accuracy', {})[row] = {
+            'min_cosine': cosine.min().item(),
+            'max_rel_err': ((pooled - ref).abs().max() / ref.abs().max()).item()}
+        runs[row] = run
+    times: Dict[str, List[float]] = {row: [] for row in runs}
+    for _ in range(cfg['iters']):
+        for row, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[row].append(time.perf_counter() - start)
+    peaks['fp32'].append(matmul_peak(device))
+    peaks['bf16'].append(matmul_peak(device, dtype=torch.bfloat16))
+    out['matmul_peak_gflops'] = max(peaks['fp32'])
+    out['bf16_matmul_peak_gflops'] = max(peaks['bf16'])
+    out['peaks_measured'] = peaks
+    out['load_after'] = load_average()
+    fp32_cps = cfg['batch'] / statistics.median(times['fp32_fast'])
+    for row in runs:
+        cps = cfg['batch'] / statistics.median(times[row])
+        achieved = out['gflops_per_clip'] * cps
+        out[row] = {'clips_per_s': cps, 'times_s': times[row], 'setup_s': setup[row],
+                    'speedup_vs_fp32_fast': cps / fp32_cps, 'achieved_gflops': achieved,
+                    'frac_of_fp32_peak': achieved / out['matmul_peak_gflops'],
+                    'frac_of_bf16_peak': achieved / out['bf16_matmul_peak_gflops'],
+                    **out['accuracy'][row]}
+    return out
+
+
+def precision_markdown(results: List[Dict[str, Any]]) -> str:
+    """The ``precisions`` rows as one markdown table."""
+    header = ('model', 'clip', 'batch', 'row', 'clips/s', 'x fp32 fast', 'of fp32 peak', 'of bf16 peak',
+              'min cosine', 'max rel err', 'setup s', 'load')
+    rows = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for r in results:
+        if r.get('setting') != 'precisions' or 'fp32_fast' not in r:
+            continue
+        for row in PRECISION_ROWS:
+            o = r[row]
+            rows.append('| ' + ' | '.join([
+                r['model'], f"{r['frames']}x{r['size']}", str(r['batch']), row, f"{o['clips_per_s']:.2f}",
+                f"{o['speedup_vs_fp32_fast']:.2f}", f"{o['frac_of_fp32_peak']:.2f}", f"{o['frac_of_bf16_peak']:.2f}",
+                f"{o['min_cosine']:.5f}", f"{o['max_rel_err']:.2g}", f"{o['setup_s']:.0f}",
+                f"{r['load_before']:.1f}-{r['load_after']:.1f}"]) + ' |')
+    return '\n'.join(rows)
+
+
 def worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Measure ours and the reference for one (model, shape, batch, mode, setting)."""
+    if cfg['setting'] == 'precisions':
+        return precision_worker(cfg)
     setting, alloc = cfg['setting'].split('+')[0], cfg['setting'].endswith('+alloc')
     device = torch.device(cfg['device'])
     out: Dict[str, Any] = dict(cfg)
@@ -316,6 +432,8 @@ def markdown(results: List[Dict[str, Any]]) -> str:
               'x ours fp32', 'x fp32 same proc', 'ours GFLOP/s', 'of peak', 'ours peak MB', 'ref peak MB', 'setup s (ours)')
     rows = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for r in results:
+        if r.get('setting') == 'precisions':
+            continue  # in precision_markdown
         cells = [r['model'], r['mode'], f"{r['frames']}x{r['size']}", str(r['batch']), r['setting']]
         if 'error' in r or 'skipped' in r:
             cells += [str(r.get('error') or r.get('skipped'))] + [''] * (len(header) - len(cells) - 1)
@@ -387,7 +505,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    baseline=args.baseline)
                         result = run_worker(cfg, args.timeout)
                         results.append(result)
-                        status = result.get('error') or result.get('skipped') or \
+                        status = result.get('error') or result.get('skipped') or (', '.join(
+                            f"{row} {result[row]['clips_per_s']:.2f}" for row in PRECISION_ROWS)
+                            if setting == 'precisions' else None) or \
                             f"ours {result['ours']['clips_per_s']:.2f} clips/s" + (
                                 f", ref {result['ref']['clips_per_s']:.2f}, ratio {result['ratio']:.2f}"
                                 if 'ref' in result else '')
@@ -395,12 +515,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     peaks = [r['matmul_peak_gflops'] for r in results if 'matmul_peak_gflops' in r]
     peak = statistics.median(peaks) if peaks else float('nan')
     add_relative(results, peak)
-    info = machine_info(device)
+    info = dict(machine_info(device), cpu_flags=cpu_flags())
     print(f"\nmachine: {info['cpu']} ({info['cpu_count']} CPUs, {info['torch_threads']} torch threads)"
           f"{', ' + info['gpu'] if 'gpu' in info else ''}; python {info['python']}, torch {info['torch']}, "
           f"timm {info['timm']}; matmul peak {peak:.0f} GFLOP/s (median of {len(peaks)} workers)\n")
     print(model_table(results) + '\n')
     print(markdown(results))
+    if any(r.get('setting') == 'precisions' for r in results):
+        print('\n' + precision_markdown(results))
     mismatches = [r['ref_mismatch'] for r in results if 'ref_mismatch' in r]
     if mismatches:
         print(f'\nlargest ours-vs-reference output difference: {max(mismatches):.2g} (relative)')

@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per method")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--compare-precision", default=None,
+                   help="also time the model step at this precision in the same process, alternating with "
+                        "--precision (e.g. --precision fp32 --compare-precision bf16)")
     p.add_argument("--channels-last", action="store_true", help="channels_last_3d weights and inputs")
     p.add_argument("--paper-heads", action="store_true", help="paper head widths (1024/128, decoder 512) instead of small")
     p.add_argument("--fused-passes", action="store_true",
@@ -164,8 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(), "precision": precision, "channels_last": bool(args.channels_last),
         "paper_heads": bool(args.paper_heads), "fused_passes": bool(args.fused_passes), "torch": torch.__version__, "model_step": {}, "pipeline": {},
     }
+    compare = resolve_precision(args.compare_precision, device) if args.compare_precision else None
+    if compare:
+        res["compare_precision"], res["model_step_compare"], res["compare_speedup"] = compare, {}, {}
     for method in ("moco", "fima"):
         res["model_step"][method] = model_step(args, method, device, precision)
+        if compare:
+            res["model_step_compare"][method] = model_step(args, method, device, compare)
+            res["compare_speedup"][method] = res["model_step"][method]["step_s"] / res["model_step_compare"][method]["step_s"]
     res["fima_over_moco_step_time"] = res["model_step"]["fima"]["step_s"] / res["model_step"]["moco"]["step_s"]
     if device.type == "cpu":
         res["fima_over_moco_cpu_time"] = res["model_step"]["fima"]["cpu_s"] / res["model_step"]["moco"]["cpu_s"]
@@ -176,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     for method, r in res["model_step"].items():
         print(f"  model step {method:5s}: {r['clips_per_s']:8.1f} clips/s  ({r['step_s'] * 1000:.0f} ms/step, "
               f"{r['cpu_s'] * 1000:.0f} ms CPU)")
+    for method, r in res.get("model_step_compare", {}).items():
+        print(f"  model step {method:5s} ({compare}): {r['clips_per_s']:8.1f} clips/s  ({r['step_s'] * 1000:.0f} ms/step), "
+              f"{res['compare_speedup'][method]:.2f}x {precision}")
     print(f"  FIMA / MoCo step time: {res['fima_over_moco_step_time']:.2f}x")
     if "fima_over_moco_cpu_time" in res:
         print(f"  FIMA / MoCo CPU time per step: {res['fima_over_moco_cpu_time']:.2f}x")

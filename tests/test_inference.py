@@ -213,7 +213,7 @@ def test_plan_rules_per_device():
     assert plan_inference().device == 'cpu'
 
 
-def test_bf16_plan_autocasts_and_returns_fp32(monkeypatch):
+def test_bf16_plan_returns_fp32(monkeypatch):
     monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: True)
     model = _model('test_r3d')
     fast = optimize_for_inference(model, example_shape=CLIP, precision='auto')

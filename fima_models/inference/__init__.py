@@ -22,9 +22,12 @@ fixed rule derived from the measurements in ``benchmarks/models.py`` (see ``docs
 * **torch.compile** (opt-in, or by rule where it measured faster), with inductor freezing so
   weights become constants and conv + activation fuse; compiled models are cached per
   (model, shape, device, plan), so the compile cost is paid once per process.
-* **precision**: float32 unless asked otherwise; ``precision='auto'`` picks bfloat16 autocast only
-  where the hardware computes bfloat16 natively (never on CPUs that would emulate it), the one
-  vocabulary of :func:`fima_models._utils.resolve_precision`.
+* **precision**: float32 unless asked otherwise; ``precision='bf16'`` (or ``'auto'``, which picks it
+  only where the hardware computes bfloat16 natively, never on CPUs that would emulate it; the one
+  vocabulary of :func:`fima_models._utils.resolve_precision`) converts the folded model to
+  bfloat16 weights: inputs are cast to bfloat16 channels-last-3d once on entry, every layer
+  (convs, ReLU, adds, pooling) runs on bfloat16 tensors and the outputs come back as float32 once.
+  On AMX CPUs that is 3-4x the float32 fast path (``docs/performance.md``).
 * **allocator** (process-wide, for command-line tools): :func:`configure_allocator` stops glibc from
   returning large activation buffers to the OS after every op, which otherwise costs millions of
   minor page faults per forward on CPU. A library call never changes it; the plan only says

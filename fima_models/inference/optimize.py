@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import weakref
 from dataclasses import replace
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from fima_models._utils import autocast_dtype, to_channels_last_3d
+from fima_models._utils import autocast_dtype, describe_error, to_channels_last_3d
 from fima_models.inference.plan import InferencePlan, plan_inference
 from fima_models.inference.rewrites import factorise_convs, fold_traced
 from fima_models.models import pretrained_cfg_dict
@@ -55,35 +56,62 @@ def _default_shape(model: nn.Module) -> Tuple[int, ...]:
     return (1, getattr(model, 'in_chans', 3), 16, 112, 112)
 
 
-def _float_outputs(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return out.float() if out.is_floating_point() else out
-    if isinstance(out, (list, tuple)):
-        return type(out)(_float_outputs(o) for o in out)
-    return out
+def _to_dtype(obj: Any, dtype: torch.dtype, channels_last: bool) -> Any:
+    """``obj`` with every floating tensor (also inside lists/tuples) in ``dtype``, 5-D ones channels-last if asked."""
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_floating_point():
+            return obj
+        layout = torch.channels_last_3d if channels_last and obj.dim() == 5 else torch.preserve_format
+        return obj.to(dtype=dtype, memory_format=layout)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_dtype(o, dtype, channels_last) for o in obj)
+    return obj
 
 
-def _wrap_heavy_method(model: nn.Module, plan: InferencePlan) -> None:
-    """Put ``torch.compile`` and/or autocast around ``forward_features`` (timm models) or ``forward``.
+#: Methods of timm-style models that take clips or features and are wrapped by a non-plain plan.
+_ENTRY_METHODS = ('forward', 'forward_features', 'forward_head', 'forward_intermediates')
 
-    The wrapper runs without autograd (a frozen compiled graph is only valid there) and returns
-    float32 outputs. Nothing is wrapped for an eager float32 plan.
+
+def _wrap_entry_methods(model: nn.Module, plan: InferencePlan) -> None:
+    """Wrap the model's entry methods: dtype casts at the outermost call, ``torch.compile`` of the heavy one.
+
+    A bfloat16 plan's weights are bfloat16, so the first wrapped method a caller enters casts the
+    floating inputs to bfloat16 (and channels-last-3d) once and its outputs back to float32 once;
+    the methods it calls in turn (``forward`` -> ``forward_features`` -> ``forward_head``) run on
+    bfloat16 tensors without further casts. With ``plan.compile`` the heavy method
+    (``forward_features`` of timm-style models, else ``forward``) is compiled. Everything runs
+    without autograd (a frozen compiled graph is only valid there). Nothing is wrapped for an
+    eager float32 plan.
     """
     if not plan.compile and plan.precision == 'fp32':
         return
-    name = 'forward_features' if callable(getattr(model, 'forward_features', None)) else 'forward'
-    inner = getattr(model, name)
-    if plan.compile:
-        inner = torch.compile(inner, dynamic=False, options={'freezing': plan.freeze})
-    device_type, dtype = torch.device(plan.device).type, autocast_dtype(plan.precision) or torch.float32
-    autocast = plan.precision != 'fp32'
+    dtype = autocast_dtype(plan.precision) or torch.float32
+    heavy = 'forward_features' if callable(getattr(model, 'forward_features', None)) else 'forward'
+    names = [name for name in _ENTRY_METHODS if callable(getattr(model, name, None))]
+    if plan.precision == 'fp32':
+        names = [heavy]  # nothing to cast: only the compiled method needs a wrapper
+    depth = threading.local()
 
-    def heavy(*args: Any, **kwargs: Any) -> Any:
-        with torch.no_grad(), torch.autocast(device_type=device_type, dtype=dtype, enabled=autocast):
-            return _float_outputs(inner(*args, **kwargs))
+    def entry(inner: Callable[..., Any]) -> Callable[..., Any]:
+        def method(*args: Any, **kwargs: Any) -> Any:
+            if getattr(depth, 'level', 0):
+                return inner(*args, **kwargs)
+            depth.level = 1
+            try:
+                with torch.no_grad():
+                    args = _to_dtype(args, dtype, plan.channels_last)
+                    kwargs = {key: _to_dtype(value, dtype, plan.channels_last) for key, value in kwargs.items()}
+                    return _to_dtype(inner(*args, **kwargs), torch.float32, False)
+            finally:
+                depth.level = 0
+        return method
 
-    # an instance attribute shadows the method, so forward() -> forward_features() uses it too
-    object.__setattr__(model, name, heavy)
+    for name in names:
+        inner = getattr(model, name)
+        if plan.compile and name == heavy:
+            inner = torch.compile(inner, dynamic=False, options={'freezing': plan.freeze})
+        # an instance attribute shadows the method, so forward() -> forward_features() uses it too
+        object.__setattr__(model, name, entry(inner))
 
 
 _CACHE: 'weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[Any, ...], nn.Module]]' = weakref.WeakKeyDictionary()
@@ -163,16 +191,29 @@ def optimize_for_inference(
         with torch.no_grad():
             run_reference()
     replaced = factorise_convs(fast) if plan.factorise_convs else 0
+    if plan.precision != 'fp32':
+        fast.to(autocast_dtype(plan.precision))  # weights stored in bf16: no per-layer casts
     if plan.channels_last:
         to_channels_last_3d(fast)
-    _wrap_heavy_method(fast, plan)
+    _wrap_entry_methods(fast, plan)
     object.__setattr__(fast, _PLAN_ATTR, plan)
     _logger.info('optimize_for_inference(%s, %s): %s; %d BatchNorm folded, %d convs as 2-D',
                  _arch_name(model), shape, plan.describe(), folded, replaced)
 
     if verify:
-        with torch.no_grad():
-            mismatch = output_mismatch(fast(example), reference)
+        try:
+            with torch.no_grad():
+                output = fast(example)
+        except Exception as exc:  # noqa: BLE001 - inductor needs a C++ toolchain; eager always runs
+            if not plan.compile:
+                raise
+            _logger.warning('optimize_for_inference(%s): torch.compile failed (%s); using the eager plan',
+                            _arch_name(model), describe_error(exc))
+            eager = plan_inference(device, compile=False, precision=plan.precision)
+            fast = optimize_for_inference(model, device, shape, plan=eager, verify=verify)
+            per_model[key] = fast
+            return fast
+        mismatch = output_mismatch(output, reference)
         if not mismatch <= plan.tolerance:
             _logger.warning(
                 'optimize_for_inference(%s): outputs differ from float32 by %.3g (relative, > %.1g); '
