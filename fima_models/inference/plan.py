@@ -89,8 +89,8 @@ def plan_inference(
     factorised convs as 2-D convs (level with channels-last 3-D convs); in float32 ``torch.compile``
     is off unless asked for (on CPU it was slower than the eager fast path, after ~40 s of compile);
     in bfloat16 too (compiled, with 3-D channels-last convs that inductor fuses with ReLU and the
-    residual adds, it measured 1.1x the eager bf16 plan on R(2+1)D-18 / R3D-18 but 0.65x on MC3-18
-    and ~0.1x on S3D / I3D); the allocator setting is recommended on Linux/glibc. CUDA: BatchNorm folding and channels-last-3d; cuDNN runs the
+    residual adds, it measured 1.43x / 1.28x the eager bf16 plan on R(2+1)D-18 / R3D-18, 1.0x on
+    MC3-18 and 0.07-0.08x on S3D / I3D); the allocator setting is recommended on Linux/glibc. CUDA: BatchNorm folding and channels-last-3d; cuDNN runs the
     factorised convs itself. Other devices: BatchNorm folding only.
 
     Args:
@@ -112,8 +112,8 @@ def plan_inference(
         use_compile = bool(compile)
         reasons.append('compile: asked for' if compile else
                        'no compile: asked' if compile is False else
-                       'no compile: in bf16 it helps the ResNets (1.1x r2plus1d_18/r3d_18) but runs mc3_18 0.65x '
-                       'and s3d / i3d ~0.1x the eager plan' if bf16 else
+                       'no compile: in bf16 it helps r2plus1d_18 / r3d_18 (1.4x / 1.3x the eager plan) but not '
+                       'mc3_18 (1.0x) and runs s3d / i3d 0.07-0.08x' if bf16 else
                        'no compile: on CPU the eager fast path is as fast and needs no compile time')
         # a compiled bf16 graph runs 3-D channels-last convs (as measured; inductor's oneDNN fusions
         # match them); eager runs factorised convs as 2-D convs (level with or faster than 3-D)
