@@ -172,3 +172,21 @@ def test_failed_compile_falls_back_to_the_eager_bf16_plan(native_bf16, monkeypat
     assert not fast.inference_plan.compile and fast.inference_plan.precision == 'bf16'
     assert 'torch.compile failed' in caplog.text and 'no C++ compiler found' in caplog.text
     assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+
+
+def test_extraction_runs_the_bf16_plan_where_bf16_is_native(native_bf16):
+    from fima_models.extract import prepare_inference
+
+    runner = prepare_inference(_model('test_r2plus1d'), precision='bf16', example_shape=(1, 3, 4, 32, 32))
+    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
+    maps = runner(torch.randn(2, 3, 4, 32, 32))
+    assert maps.dtype == torch.float32 and torch.isfinite(maps).all()
+
+
+def test_emulated_bf16_extraction_keeps_float32_weights(monkeypatch):
+    from fima_models.extract import prepare_inference
+
+    monkeypatch.setattr(hardware, 'cpu_has_native_bf16', lambda: False)
+    runner = prepare_inference(_model('test_r2plus1d'), precision='bf16', allow_emulated=True,
+                               example_shape=(1, 3, 4, 32, 32))
+    assert {p.dtype for p in runner.model.parameters()} == {torch.float32} and runner.precision == 'bf16'

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from fima_models._utils import autocast_dtype, resolve_device, resolve_precision, to_channels_last_3d
+from fima_models._utils import autocast_dtype, has_native_bf16, resolve_device, resolve_precision, to_channels_last_3d
 from fima_models.inference import optimize_for_inference
 
 __all__ = ['LEVELS', 'POOLINGS', 'resolve_pooling', 'pool_maps', 'FeatureRunner', 'check_layer', 'prepare_inference']
@@ -155,7 +155,10 @@ def prepare_inference(
         raise ValueError(f'{type(model).__name__} has no forward_intermediates, so layer={layer} cannot be used')
     check_layer(model, layer)
     if optimize:
-        model = optimize_for_inference(model, device=device, example_shape=example_shape)
+        # native bf16: the bf16 plan (weights stored in bf16, no per-layer casts); emulated bf16 keeps the
+        # fp32 plan under autocast, as asked
+        plan_precision = resolved if resolved == 'fp32' or has_native_bf16(device) else 'fp32'
+        model = optimize_for_inference(model, device=device, example_shape=example_shape, precision=plan_precision)
         channels_last = channels_last or model.inference_plan.channels_last
     else:
         model.eval()

@@ -23,7 +23,8 @@ Distances are measured in these normalised source coordinates.
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,24 @@ __all__ = [
 NO_POSITIVE_EPS = 1e-3
 
 
+_Loss = TypeVar("_Loss", bound=Callable[..., Any])
+
+
+def _float32(loss_fn: _Loss) -> _Loss:
+    """Run a loss in float32 even inside a bf16/fp16 autocast region.
+
+    Its logits are similarities over a temperature of 0.07-0.2 and its masked log-sum-exps fill with
+    float32's lowest value: both need float32's precision and range, and autocast would otherwise
+    run the matmuls in the low precision. Outside autocast this changes nothing.
+    """
+    @functools.wraps(loss_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return loss_fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
+@_float32
 def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None, temperature: float) -> torch.Tensor:
     """InfoNCE with one positive per query and a shared set of negatives.
 
@@ -199,6 +218,7 @@ def dense_positive_mask(
     return pos
 
 
+@_float32
 def dense_motion_loss(
     pred: torch.Tensor,
     keys: torch.Tensor,
@@ -253,6 +273,7 @@ def dense_motion_loss(
     return torch.where(n_valid > 0, loss, no_positive)
 
 
+@_float32
 def frame_motion_loss(
     pred: torch.Tensor,
     target_local: torch.Tensor,
