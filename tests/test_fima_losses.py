@@ -409,3 +409,18 @@ def test_motion_decoder_segment_embedding_option() -> None:
     assert not torch.allclose(cls0, cls1)  # same inputs, different segment -> different prediction
     with pytest.raises(ValueError, match="segment"):
         dec(src, mem)
+
+
+def test_losses_keep_float32_inside_bf16_autocast() -> None:
+    """Under bf16 autocast the losses give their float32 values (their logits need float32's range)."""
+    gen = torch.Generator().manual_seed(0)
+    pred = F.normalize(torch.randn(2, 8, 2, 2, generator=gen), dim=1)
+    keys = F.normalize(torch.randn(2, 2, 8, 2, 2, generator=gen), dim=2)  # (N, T, D, H, W)
+    pos = torch.rand(2, 4, 4, generator=gen) > 0.5
+    queue = F.normalize(torch.randn(5, 8, generator=gen), dim=1)
+    q, k = F.normalize(torch.randn(3, 8, generator=gen), dim=1), F.normalize(torch.randn(3, 8, generator=gen), dim=1)
+    plain = (dense_motion_loss(pred, keys, 1, pos, queue, 0.07), info_nce(q, k, queue, 0.07))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = (dense_motion_loss(pred, keys, 1, pos, queue, 0.07), info_nce(q, k, queue, 0.07))
+    for a, b in zip(plain, mixed):
+        assert b.dtype == torch.float32 and torch.equal(a, b)
