@@ -193,13 +193,19 @@ def test_unpublished_tag_fails_without_network(hf_cache, monkeypatch, test_tag, 
         fetch_pretrained(get_pretrained_cfg('r3d_18.fima_ucf101'))
 
 
-def test_url_source_uses_torch_hub_cache(tmp_path, monkeypatch, source, silent_server):
-    model, expected = source
+def _serve_weights_online(tmp_path: Path, monkeypatch, model: torch.nn.Module, name: str) -> Path:
+    """A fresh torch hub cache, network allowed, and ``model``'s weights saved as ``srv/NAME``; returns srv/."""
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     _go_online(monkeypatch)
     served = tmp_path / 'srv'
     served.mkdir()
-    torch.save(model.state_dict(), served / 'weights.pth')
+    torch.save(model.state_dict(), served / name)
+    return served
+
+
+def test_url_source_uses_torch_hub_cache(tmp_path, monkeypatch, source, silent_server):
+    model, expected = source
+    served = _serve_weights_online(tmp_path, monkeypatch, model, 'weights.pth')
     digest = hashlib.sha256((served / 'weights.pth').read_bytes()).hexdigest()
     (served / 'weights.pth').rename(served / f'test_r3d-{digest[:8]}.pth')
     (served / 'corrupt-0000abcd.pth').write_bytes(b'not what the hash says')
@@ -286,11 +292,7 @@ def test_git_blob_sha1_is_gits_object_id(tmp_path):
 
 def test_url_download_is_checked_against_its_git_blob_id(tmp_path, monkeypatch, source):
     model, expected = source
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
-    _go_online(monkeypatch)
-    served = tmp_path / 'srv'
-    served.mkdir()
-    torch.save(model.state_dict(), served / 'weights.pt')
+    served = _serve_weights_online(tmp_path, monkeypatch, model, 'weights.pt')
     content = (served / 'weights.pt').read_bytes()
     blob = hashlib.sha1(b'blob %d\0' % len(content) + content).hexdigest()
     cached = tmp_path / 'torch' / 'hub' / 'checkpoints' / 'weights.pt'
