@@ -8,7 +8,9 @@ because they never run. The rules (docs/architecture.md):
 - ``train`` and ``hub`` import neither ``benchmarks`` nor ``tests``; ``hub`` does not import
   ``train``; ``benchmarks`` does not import ``tests``;
 - no cycle among the modules of ``fima_models`` (a package's ``__init__`` importing its own
-  submodules is how packages re-export, so that edge alone does not make a cycle).
+  submodules is how packages re-export, so that edge alone does not make a cycle);
+- every module-level import of the library is the standard library or a runtime dependency that
+  ``pyproject.toml`` declares (``pip install fima-models`` without extras must import it all).
 """
 import ast
 import re

@@ -157,7 +157,7 @@ def prepare_inference(
     if optimize:
         # native bf16: the bf16 plan (weights stored in bf16, no per-layer casts); emulated bf16 keeps the
         # fp32 plan under autocast, as asked
-        plan_precision = resolved if resolved == 'fp32' or has_native_bf16(device) else 'fp32'
+        plan_precision = 'bf16' if resolved == 'bf16' and has_native_bf16(device) else 'fp32'
         model = optimize_for_inference(model, device=device, example_shape=example_shape, precision=plan_precision)
         channels_last = channels_last or model.inference_plan.channels_last
     else:

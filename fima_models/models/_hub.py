@@ -270,9 +270,11 @@ def _git_blob_sha1_of_fd(fd: int) -> str:
     return digest.hexdigest()
 
 
-def _blob_mismatch(name: str, what: str, url: str, actual: str, expected: str, fix: str) -> PretrainedWeightsUnavailable:
-    return _unavailable(name, f'{what} of {url} is not the published file (git blob id {actual}, expected '
-                              f'{expected}); {fix}')
+def _check_blob(name: str, what: str, url: str, actual: str, expected: str, fix: str) -> None:
+    """Refuse a file whose git blob id is not the published one."""
+    if actual != expected:
+        raise _unavailable(name, f'{what} of {url} is not the published file (git blob id {actual}, expected '
+                                 f'{expected}); {fix}')
 
 
 def _fetch_url(url: str, name: str, allow_network: bool = True, expected_blob: Optional[str] = None) -> Path:
@@ -283,9 +285,9 @@ def _fetch_url(url: str, name: str, allow_network: bool = True, expected_blob: O
     """
     target = _url_cache_path(url)
     if target.is_file():
-        if expected_blob and git_blob_sha1(target) != expected_blob:
-            raise _blob_mismatch(name, f'the cached copy {target}', url, git_blob_sha1(target), expected_blob,
-                                 'delete it and try again')
+        if expected_blob:
+            _check_blob(name, f'the cached copy {target}', url, git_blob_sha1(target), expected_blob,
+                        'delete it and try again')
         return target
     where = f'{url} is not in the torch hub cache {target.parent}'
     if not allow_network:
@@ -315,9 +317,9 @@ def _fetch_url(url: str, name: str, allow_network: bool = True, expected_blob: O
             raise _unavailable(name, f'the download of {url} is corrupt (SHA-256 {digest.hexdigest()[:16]}..., '
                                      f'expected prefix {expected.group(1)}); try again')
         out.flush()
-        if expected_blob and _git_blob_sha1_of_fd(out.fileno()) != expected_blob:
-            raise _blob_mismatch(name, 'the download', url, _git_blob_sha1_of_fd(out.fileno()), expected_blob,
-                                 'the file was not kept; try again, or report it if it persists')
+        if expected_blob:
+            _check_blob(name, 'the download', url, _git_blob_sha1_of_fd(out.fileno()), expected_blob,
+                        'the file was not kept; try again, or report it if it persists')
 
     try:  # through a temporary file: an interrupted or corrupt download never lands in the cache
         atomic_write(target, download)
