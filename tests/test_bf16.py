@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import fima_models
 from fima_models._utils import cpu_has_native_bf16, hardware
 from fima_models.inference import BF16_TOLERANCE, optimize_for_inference, output_mismatch, plan_inference
+from fima_models.inference.fusion import onednn_fusion_available
 from tests import test_inference
 
 TEST_MODELS = ['test_r3d', 'test_r2plus1d', 'test_s3d', 'test_i3d']
@@ -145,7 +146,9 @@ def test_auto_uses_bf16_on_native_hardware():
 
 def test_bf16_plan_is_eager_unless_compile_asked(native_bf16, monkeypatch):
     default = plan_inference('cpu', precision='bf16')
-    assert not default.compile and default.factorise_convs
+    # eager: oneDNN's fused 3-D convs (where this torch has them) instead of the 2-D rewrite
+    fused = onednn_fusion_available()[0]
+    assert not default.compile and default.fuse_onednn == fused and default.factorise_convs != fused
     compiled = plan_inference('cpu', precision='bf16', compile=True)
     # the compiled graph gets the 3-D channels-last convs inductor fuses with their ReLU / adds
     assert compiled.compile and compiled.freeze and not compiled.factorise_convs

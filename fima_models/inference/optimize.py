@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from fima_models._utils import autocast_dtype, describe_error, to_channels_last_3d
+from fima_models.inference.fusion import fuse_onednn, onednn_fusion_available
 from fima_models.inference.plan import InferencePlan, plan_inference
 from fima_models.inference.rewrites import factorise_convs, fold_traced
 from fima_models.models import pretrained_cfg_dict
@@ -170,6 +171,9 @@ def optimize_for_inference(
     device = torch.device(device) if device is not None else _model_device(model)
     if plan is None:
         plan = plan_inference(device, compile=compile, precision=precision)
+    if plan.fuse_onednn and not onednn_fusion_available()[0]:  # a given plan on a torch without the ops
+        plan = replace(plan, fuse_onednn=False, factorise_convs=True,
+                       reasons=plan.reasons + (f'no onednn fusion: {onednn_fusion_available()[1]}',))
     shape = tuple(int(s) for s in (example_shape if example_shape is not None else _default_shape(model)))
     key = (shape, str(device), replace(plan, reasons=()), _state_fingerprint(model))
     per_model = _CACHE.setdefault(model, {})
@@ -190,6 +194,7 @@ def optimize_for_inference(
     if verify and reference is None:
         with torch.no_grad():
             run_reference()
+    fused = fuse_onednn(fast, lambda: fast(example[:1])) if plan.fuse_onednn else {}
     replaced = factorise_convs(fast) if plan.factorise_convs else 0
     if plan.precision != 'fp32':
         fast.to(autocast_dtype(plan.precision))  # weights stored in bf16: no per-layer casts
@@ -197,8 +202,9 @@ def optimize_for_inference(
         to_channels_last_3d(fast)
     _wrap_entry_methods(fast, plan)
     object.__setattr__(fast, _PLAN_ATTR, plan)
-    _logger.info('optimize_for_inference(%s, %s): %s; %d BatchNorm folded, %d convs as 2-D',
-                 _arch_name(model), shape, plan.describe(), folded, replaced)
+    _logger.info('optimize_for_inference(%s, %s): %s; %d BatchNorm folded, %d convs as 2-D%s',
+                 _arch_name(model), shape, plan.describe(), folded, replaced,
+                 ', oneDNN: {convs} convs, {relu} with ReLU, {residual} residual adds'.format(**fused) if fused else '')
 
     if verify:
         try:

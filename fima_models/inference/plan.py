@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from fima_models._utils import resolve_precision
+from fima_models.inference.fusion import onednn_fusion_available
 
 __all__ = [
     'InferencePlan', 'plan_inference', 'configure_allocator', 'allocator_configured', 'FP32_TOLERANCE',
@@ -23,6 +24,9 @@ _logger = logging.getLogger(__name__)
 
 #: Largest ``max |optimized - fp32| / max |fp32|`` accepted for a float32 plan.
 FP32_TOLERANCE = 1e-4
+#: What the oneDNN fusion measured in the eager bf16 plan (docs/performance.md).
+_FUSION_GAIN = ('convs with prepacked weights, ReLU and residual add as oneDNN post-ops')
+
 #: The same bound for a bfloat16 plan (bfloat16 weights and activations; measured <= 1e-2 on the zoo).
 BF16_TOLERANCE = 5e-2
 
@@ -39,6 +43,8 @@ class InferencePlan:
         fold_batchnorm: Merge eval BatchNorm layers into the preceding convolutions.
         channels_last: Run in the ``torch.channels_last_3d`` memory format.
         factorise_convs: Run ``(1,k,k)`` / ``(k,1,1)`` ``Conv3d`` layers as 2-D convolutions on views.
+        fuse_onednn: Run convolutions through oneDNN with prepacked weights and ReLU / residual add
+            as post-ops (:func:`~fima_models.inference.fusion.fuse_onednn`; eager bf16 CPU plans).
         compile: Wrap the heavy forward in ``torch.compile`` (inductor).
         freeze: Use inductor freezing (weights as constants, conv/BN/activation fusion) when compiling.
         precision: ``'fp32'`` or ``'bf16'``: a bfloat16 plan stores the (folded) weights in bfloat16
@@ -53,6 +59,7 @@ class InferencePlan:
     fold_batchnorm: bool = True
     channels_last: bool = False
     factorise_convs: bool = False
+    fuse_onednn: bool = False
     compile: bool = False
     freeze: bool = False
     precision: str = 'fp32'
@@ -68,7 +75,7 @@ class InferencePlan:
         """One-line summary, e.g. ``cpu: fold-bn, channels-last-3d, conv-as-2d, fp32``."""
         parts = [name for name, on in (
             ('fold-bn', self.fold_batchnorm), ('channels-last-3d', self.channels_last),
-            ('conv-as-2d', self.factorise_convs),
+            ('conv-as-2d', self.factorise_convs), ('onednn-fused', self.fuse_onednn),
             ('compile+freeze' if self.freeze else 'compile', self.compile)) if on]
         precision = 'bf16 weights' if self.precision == 'bf16' else self.precision
         return f'{self.device}: {", ".join(parts + [precision])}'
@@ -115,18 +122,25 @@ def plan_inference(
                        'no compile: in bf16 it helps r2plus1d_18 / r3d_18 (1.4x / 1.3x the eager plan) but not '
                        'mc3_18 (1.0x) and runs s3d / i3d 0.07-0.08x' if bf16 else
                        'no compile: on CPU the eager fast path is as fast and needs no compile time')
-        # a compiled bf16 graph runs 3-D channels-last convs (as measured; inductor's oneDNN fusions
-        # match them); eager runs factorised convs as 2-D convs (level with or faster than 3-D)
-        factorise = not (use_compile and bf16)
+        # eager bf16: oneDNN's fused 3-D convs (prepacked weights, ReLU / residual add as post-ops);
+        # a compiled bf16 graph runs 3-D channels-last convs (inductor's oneDNN fusions match them);
+        # eager fp32 runs factorised convs as 2-D convs (level with or faster than 3-D)
+        fuse, fuse_reason = (onednn_fusion_available() if bf16 and not use_compile else (False, ''))
+        factorise = not (bf16 and (use_compile or fuse))
+        if fuse:
+            reasons.append(f'onednn-fused: {_FUSION_GAIN} ({fuse_reason})')
+        elif fuse_reason:
+            reasons.append(f'no onednn fusion: {fuse_reason}')
         reasons.append('conv-as-2d: (1,k,k) and (k,1,1) Conv3d run as zero-copy 2-D convs on oneDNN 2-D kernels '
                        '(measured level with channels-last 3-D convs at batch 8)' if factorise else
-                       'no conv-as-2d: the compiled graph fuses 3-D channels-last convs')
+                       'no conv-as-2d: the compiled graph fuses 3-D channels-last convs' if use_compile else
+                       'no conv-as-2d: the fused oneDNN convs run 3-D (as fast or faster per layer in bf16)')
         allocator = _glibc()
         reasons.append('allocator: keep freed activation buffers (glibc), avoids page faults' if allocator else
                        'allocator: not glibc, nothing to configure')
         return InferencePlan(
             device=str(device), fold_batchnorm=True, channels_last=True, factorise_convs=factorise,
-            compile=use_compile, freeze=use_compile, precision=prec, allocator=allocator,
+            fuse_onednn=fuse, compile=use_compile, freeze=use_compile, precision=prec, allocator=allocator,
             reasons=tuple(reasons + [prec_reason]))
     if device.type == 'cuda':
         reasons.append('channels-last-3d: cuDNN NDHWC kernels, no layout transposes')

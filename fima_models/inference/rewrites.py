@@ -48,20 +48,27 @@ def _memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition('.')
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
 
 
-def _trace_conv_bn_pairs(model: nn.Module, run: Callable[[], Any]) -> List[Tuple[str, str]]:
-    """Run ``run()`` once and return ``(conv, bn)`` names where the BN's input is exactly the conv's
-    output and each was called once (consumers outside modules are caught by the output check)."""
+def trace_single_consumers(model: nn.Module, run: Callable[[], Any],
+                           consumer_types: Tuple[type, ...]) -> List[Tuple[str, str]]:
+    """Run ``run()`` once and return ``(conv, consumer)`` names where a module of ``consumer_types`` reads
+    exactly a convolution's output, both are called once, and no other module reads that output.
+
+    ``nn.Identity`` (a folded BatchNorm) passes the tensor on without reading it; a module that
+    returns its input tensor changed in place (``ReLU(inplace=True)``) ends the conv output's life,
+    so the next module reads the consumer's result, not the conv's. Readers outside modules (a
+    functional op) are invisible here: callers check the result against the unchanged model.
+    """
     conv_out: Dict[int, str] = {}
     keep_alive: List[torch.Tensor] = []
     calls: Dict[str, int] = {}
-    bn_input: Dict[str, Optional[str]] = {}
-    consumers: Dict[str, int] = {}
+    consumer_input: Dict[str, str] = {}
+    readers: Dict[str, int] = {}
     handles = []
 
     def count(name: str) -> None:
@@ -75,48 +82,56 @@ def _trace_conv_bn_pairs(model: nn.Module, run: Callable[[], Any]) -> List[Tuple
                 keep_alive.append(output)
         return hook
 
-    def leaf_pre_hook(name: str, is_bn: bool) -> Callable[..., None]:
+    def leaf_pre_hook(name: str, is_consumer: bool) -> Callable[..., None]:
         def hook(module: nn.Module, args: Tuple[Any, ...]) -> None:
-            if is_bn:
+            if is_consumer:
                 count(name)
             for arg in args:
                 if isinstance(arg, torch.Tensor) and id(arg) in conv_out:
                     source = conv_out[id(arg)]
-                    consumers[source] = consumers.get(source, 0) + 1
-                    if is_bn:
-                        bn_input[name] = source
+                    readers[source] = readers.get(source, 0) + 1
+                    if is_consumer:
+                        consumer_input[name] = source
         return hook
 
+    def leaf_post_hook(module: nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            conv_out.pop(id(output), None)  # an in-place result is this module's output now
+
     for name, module in model.named_modules():
+        is_consumer = isinstance(module, consumer_types)
         if isinstance(module, _CONV_TYPES):
             handles.append(module.register_forward_hook(conv_hook(name)))
-        if isinstance(module, _BN_TYPES) or not any(True for _ in module.children()):
-            handles.append(module.register_forward_pre_hook(leaf_pre_hook(name, isinstance(module, _BN_TYPES))))
+        elif isinstance(module, nn.Identity):
+            continue
+        if is_consumer or not any(True for _ in module.children()):
+            handles.append(module.register_forward_pre_hook(leaf_pre_hook(name, is_consumer)))
+            if not isinstance(module, _CONV_TYPES):
+                handles.append(module.register_forward_hook(leaf_post_hook))
     try:
         run()
     finally:
         for handle in handles:
             handle.remove()
         keep_alive.clear()
-    modules = dict(model.named_modules())
-    pairs = []
-    for bn_name, conv_name in bn_input.items():
-        bn, conv = modules[bn_name], modules[conv_name]
-        if (conv_name is not None and calls.get(bn_name) == 1 and calls.get(conv_name) == 1
-                and consumers.get(conv_name) == 1 and not bn.training and bn.running_mean is not None
-                and conv.out_channels == bn.num_features and not getattr(conv, 'transposed', False)):
-            pairs.append((conv_name, bn_name))
-    return pairs
+    return [(conv_name, name) for name, conv_name in consumer_input.items()
+            if calls.get(name) == 1 and calls.get(conv_name) == 1 and readers.get(conv_name) == 1]
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (not bn.training and bn.running_mean is not None and conv.out_channels == bn.num_features
+            and not getattr(conv, 'transposed', False))
 
 
 def fold_traced(model: nn.Module, run: Callable[[], Any]) -> List[Tuple[str, str]]:
     """Find conv -> BatchNorm pairs while ``run()`` runs ``model`` once, then fold them in place."""
     with torch.no_grad():
-        pairs = _trace_conv_bn_pairs(model, run)
         modules = dict(model.named_modules())
+        pairs = [(conv, bn) for conv, bn in trace_single_consumers(model, run, _BN_TYPES)
+                 if _foldable(modules[conv], modules[bn])]
         for conv_name, bn_name in pairs:
             _fold_pair(modules[conv_name], modules[bn_name])
-            _set_submodule(model, bn_name, nn.Identity())
+            set_submodule(model, bn_name, nn.Identity())
     _logger.debug('fold_batchnorm: folded %d BatchNorm layers', len(pairs))
     return pairs
 
@@ -209,6 +224,6 @@ def factorise_convs(model: nn.Module) -> int:
     replaced = 0
     for name, module in list(model.named_modules()):
         if type(module) is nn.Conv3d and Conv3dAs2d.factorised_mode(module) is not None:
-            _set_submodule(model, name, Conv3dAs2d.from_conv(module))
+            set_submodule(model, name, Conv3dAs2d.from_conv(module))
             replaced += 1
     return replaced
