@@ -26,8 +26,9 @@ Settings (``--settings``; ``+alloc`` after any name first calls
 * ``bf16``: bfloat16 autocast, only where the hardware computes bfloat16 natively (skipped and
   reported otherwise);
 * ``precisions``: one worker timing, interleaved, our fp32 fast path, the bf16 plan
-  (``optimize_for_inference(precision='bf16')``), the same compiled and bf16 autocast of the plain
-  model, with the fp32 and bf16 matmul peaks measured in the same process (before and after, the
+  (``optimize_for_inference(precision='bf16')``: oneDNN fused convs where available), the same
+  without the oneDNN fusion (the earlier eager plan: 2-D rewrite, separate ReLU / add), the bf16
+  plan compiled and bf16 autocast of the plain model, with the fp32 and bf16 matmul peaks measured in the same process (before and after, the
   higher kept), the pooled features' cosine and max relative error against plain fp32, the CPU's
   bfloat16 flags and the load average (where skipped without native bfloat16).
 
@@ -54,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -213,7 +215,7 @@ def bf16_available(device: torch.device) -> bool:
 
 
 #: The rows of the ``precisions`` setting, timed interleaved in one worker.
-PRECISION_ROWS = ('fp32_fast', 'bf16_plan', 'bf16_plan_compile', 'bf16_autocast')
+PRECISION_ROWS = ('fp32_fast', 'bf16_plan', 'bf16_plan_unfused', 'bf16_plan_compile', 'bf16_autocast')
 
 
 def cpu_flags() -> Dict[str, bool]:
@@ -241,6 +243,8 @@ def precision_worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     the same process before and after, and the pooled features compared with plain fp32."""
     device = torch.device(cfg['device'])
     out: Dict[str, Any] = dict(cfg, cpu_flags=cpu_flags(), load_before=load_average())
+    if cfg['setting'].endswith('+alloc'):
+        out['allocator_configured'] = configure_allocator()
     if not bf16_available(device):
         out['skipped'] = f'{device.type} has no native bfloat16 (it would be emulated, ~100x slower)'
         return out
@@ -262,9 +266,11 @@ def precision_worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
                 with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
                     return ours.forward_features(x).float()
         else:
-            fast = optimize_for_inference(
-                ours, device, shape, precision='fp32' if row == 'fp32_fast' else 'bf16',
-                compile=row == 'bf16_plan_compile', verify=False)
+            plan = plan_inference(device, precision='fp32' if row == 'fp32_fast' else 'bf16',
+                                  compile=row == 'bf16_plan_compile')
+            if row == 'bf16_plan_unfused':
+                plan = replace(plan, fuse_onednn=False, factorise_convs=True)
+            fast = optimize_for_inference(ours, device, shape, plan=plan, verify=False)
             xin = x.contiguous(memory_format=torch.channels_last_3d)
 
             def run(fast: nn.Module = fast, xin: torch.Tensor = xin) -> Any:
@@ -308,7 +314,7 @@ def precision_markdown(results: List[Dict[str, Any]]) -> str:
               'min cosine', 'max rel err', 'setup s', 'load')
     rows = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for r in results:
-        if r.get('setting') != 'precisions' or 'fp32_fast' not in r:
+        if str(r.get('setting')).split('+')[0] != 'precisions' or 'fp32_fast' not in r:
             continue
         for row in PRECISION_ROWS:
             o = r[row]
@@ -322,7 +328,7 @@ def precision_markdown(results: List[Dict[str, Any]]) -> str:
 
 def worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Measure ours and the reference for one (model, shape, batch, mode, setting)."""
-    if cfg['setting'] == 'precisions':
+    if cfg['setting'].split('+')[0] == 'precisions':
         return precision_worker(cfg)
     setting, alloc = cfg['setting'].split('+')[0], cfg['setting'].endswith('+alloc')
     device = torch.device(cfg['device'])
@@ -432,7 +438,7 @@ def markdown(results: List[Dict[str, Any]]) -> str:
               'x ours fp32', 'x fp32 same proc', 'ours GFLOP/s', 'of peak', 'ours peak MB', 'ref peak MB', 'setup s (ours)')
     rows = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for r in results:
-        if r.get('setting') == 'precisions':
+        if str(r.get('setting')).split('+')[0] == 'precisions':
             continue  # in precision_markdown
         cells = [r['model'], r['mode'], f"{r['frames']}x{r['size']}", str(r['batch']), r['setting']]
         if 'error' in r or 'skipped' in r:
@@ -507,7 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         results.append(result)
                         status = result.get('error') or result.get('skipped') or (', '.join(
                             f"{row} {result[row]['clips_per_s']:.2f}" for row in PRECISION_ROWS)
-                            if setting == 'precisions' else None) or \
+                            if setting.split('+')[0] == 'precisions' else None) or \
                             f"ours {result['ours']['clips_per_s']:.2f} clips/s" + (
                                 f", ref {result['ref']['clips_per_s']:.2f}, ratio {result['ratio']:.2f}"
                                 if 'ref' in result else '')
@@ -521,7 +527,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"timm {info['timm']}; matmul peak {peak:.0f} GFLOP/s (median of {len(peaks)} workers)\n")
     print(model_table(results) + '\n')
     print(markdown(results))
-    if any(r.get('setting') == 'precisions' for r in results):
+    if any(str(r.get('setting')).split('+')[0] == 'precisions' for r in results):
         print('\n' + precision_markdown(results))
     mismatches = [r['ref_mismatch'] for r in results if 'ref_mismatch' in r]
     if mismatches:

@@ -1,8 +1,9 @@
 """The fast inference path: :func:`optimize_for_inference` and the :class:`InferencePlan` it follows.
 
 Modules: :mod:`.plan` (the per-device rule, tolerances, the allocator setting), :mod:`.rewrites`
-(BatchNorm folding, factorised convolutions as 2-D convolutions) and :mod:`.optimize` (the
-checked, cached optimised copy).
+(BatchNorm folding, factorised convolutions as 2-D convolutions), :mod:`.fusion` (oneDNN fused
+convolutions for the eager bfloat16 CPU plan) and :mod:`.optimize` (the checked, cached optimised
+copy).
 
 ``optimize_for_inference(model, device=..., example_shape=...)`` returns an eval-mode copy of any
 ``nn.Module`` (a fima_models backbone with or without classifier, or any other video network) that
@@ -27,7 +28,10 @@ fixed rule derived from the measurements in ``benchmarks/models.py`` (see ``docs
   vocabulary of :func:`fima_models._utils.resolve_precision`) converts the folded model to
   bfloat16 weights: inputs are cast to bfloat16 channels-last-3d once on entry, every layer
   (convs, ReLU, adds, pooling) runs on bfloat16 tensors and the outputs come back as float32 once.
-  On AMX CPUs that is 3-4x the float32 fast path (``docs/performance.md``).
+  On CPUs that run it, the eager bfloat16 plan also runs every convolution through oneDNN with a
+  prepacked weight and its ReLU / residual add as post-ops (:func:`fuse_onednn`); the private ops
+  are checked once per process and left out, with one logged reason, where they are missing.
+  Measured speed-ups per CPU are in ``docs/performance.md``.
 * **allocator** (process-wide, for command-line tools): :func:`configure_allocator` stops glibc from
   returning large activation buffers to the OS after every op, which otherwise costs millions of
   minor page faults per forward on CPU. A library call never changes it; the plan only says
@@ -38,6 +42,7 @@ Outputs match plain float32 within :data:`FP32_TOLERANCE` (``max |opt - ref| <= 
 example input and falls back to the plain model (with a warning) if it ever does not hold.
 """
 from fima_models._utils import PRECISIONS
+from fima_models.inference.fusion import FusedBasicBlock, OneDnnConv3d, fuse_onednn, onednn_fusion_available
 from fima_models.inference.optimize import optimize_for_inference, output_mismatch
 from fima_models.inference.plan import (
     BF16_TOLERANCE, FP32_TOLERANCE, InferencePlan, allocator_configured, configure_allocator, plan_inference,
@@ -46,6 +51,7 @@ from fima_models.inference.rewrites import Conv3dAs2d, factorise_convs, fold_bat
 
 __all__ = [
     'InferencePlan', 'plan_inference', 'optimize_for_inference', 'fold_batchnorm', 'factorise_convs',
-    'Conv3dAs2d', 'configure_allocator', 'allocator_configured', 'output_mismatch',
+    'Conv3dAs2d', 'fuse_onednn', 'OneDnnConv3d', 'FusedBasicBlock', 'onednn_fusion_available',
+    'configure_allocator', 'allocator_configured', 'output_mismatch',
     'FP32_TOLERANCE', 'BF16_TOLERANCE', 'PRECISIONS',
 ]

@@ -28,14 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fima_models._utils import describe_error
-from fima_models.inference.rewrites import set_submodule, trace_single_consumers
+from fima_models.inference.rewrites import conv3d_sharing_parameters, set_submodule, trace_single_consumers
 
 __all__ = ['OneDnnConv3d', 'FusedBasicBlock', 'fuse_onednn', 'onednn_fusion_available']
 
 _logger = logging.getLogger(__name__)
 
 #: The private ``torch.ops.mkldnn`` operators the fused convolutions need.
-REQUIRED_OPS = ('_convolution_pointwise', '_convolution_pointwise_', '_reorder_convolution_weight')
+REQUIRED_OPS = ('_convolution_pointwise', '_reorder_convolution_weight',
+                '_is_mkldnn_bf16_supported')
 
 #: Residual blocks computing ``relu(conv2(conv1(x)) + (x or downsample(x)))``: (module, class name).
 _BASIC_BLOCKS = frozenset({
@@ -85,13 +86,24 @@ def onednn_fusion_available() -> Tuple[bool, str]:
     return ok, reason
 
 
+@functools.lru_cache(maxsize=None)
+def _dtype_supported(dtype: torch.dtype) -> bool:
+    """Whether oneDNN computes convolutions in ``dtype`` on this CPU (bfloat16 needs AVX512-BF16 / AMX
+    or its emulation in oneDNN; elsewhere the ATen convolution is used, as by the unfused plan)."""
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 class OneDnnConv3d(nn.Conv3d):
     """A ``Conv3d`` run by oneDNN with a prepacked weight and an optional ReLU / residual-add post-op.
 
     The weight stays an ordinary parameter (same state-dict keys as ``nn.Conv3d``); a copy reordered
     into oneDNN's blocked layout is made on the first call and reused until the weight tensor is
-    replaced or changed in place. Outside the fast case (autograd recording, another device or
-    dtype) it computes the same thing with ``F.conv3d``.
+    replaced or changed in place. Outside the fast case (autograd recording, another device, a
+    dtype oneDNN does not compute on this CPU) it computes the same thing with ``F.conv3d``.
 
     Attributes:
         unary: ``'relu'`` or ``'none'``: the activation applied to the convolution's output
@@ -111,12 +123,8 @@ class OneDnnConv3d(nn.Conv3d):
         """A :class:`OneDnnConv3d` sharing ``conv``'s parameters."""
         if not cls.supported(conv):
             raise ValueError(f'{conv} is not a zero-padded nn.Conv3d')
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.dilation, conv.groups, bias=False, device='meta')
-        new.weight = conv.weight
-        new.bias = conv.bias
+        new = conv3d_sharing_parameters(cls, conv)
         new.unary = unary
-        new.train(conv.training)
         return new
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -126,19 +134,22 @@ class OneDnnConv3d(nn.Conv3d):
         return state
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+        weight = self.weight
+        # inference-mode tensors keep no version counter (and cannot be changed outside inference mode)
+        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version, weight.dtype)
         cached = self.__dict__.get('_packed')
         if cached is None or cached[0] != key:
             packed = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
+                weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
                 list(x.shape))
             cached = (key, packed)
             self.__dict__['_packed'] = cached
         return cached[1]
 
     def _fast(self, x: torch.Tensor) -> bool:
+        recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         return (x.device.type == 'cpu' and x.dim() == 5 and x.dtype == self.weight.dtype
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))
+                and _dtype_supported(x.dtype) and not recording)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self._fast(x):

@@ -54,6 +54,16 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def conv3d_sharing_parameters(cls: type, conv: nn.Conv3d) -> Any:
+    """A ``cls`` (an ``nn.Conv3d`` subclass) with ``conv``'s hyper-parameters, parameters and mode."""
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+              conv.dilation, conv.groups, bias=False, device='meta')
+    new.weight = conv.weight
+    new.bias = conv.bias
+    new.train(conv.training)
+    return new
+
+
 def trace_single_consumers(model: nn.Module, run: Callable[[], Any],
                            consumer_types: Tuple[type, ...]) -> List[Tuple[str, str]]:
     """Run ``run()`` once and return ``(conv, consumer)`` names where a module of ``consumer_types`` reads
@@ -194,12 +204,8 @@ class Conv3dAs2d(nn.Conv3d):
         mode = cls.factorised_mode(conv)
         if mode is None:
             raise ValueError(f'{conv} has no (1,k,k) / (k,1,1) form with zero padding along the unit dims')
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                  conv.dilation, conv.groups, bias=False, device='meta')
-        new.weight = conv.weight
-        new.bias = conv.bias
+        new = conv3d_sharing_parameters(cls, conv)
         new.mode = mode
-        new.train(conv.training)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
