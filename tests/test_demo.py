@@ -37,7 +37,7 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
     assert appearance["config"]["data"]["clip_len"] == 1  # single frames
     for control in ("supervised", "appearance"):  # crops and flips, no colour jitter or grayscale
         data = json.loads((out / control / "results.json").read_text())["config"]["data"]
-        assert (data["flip_p"], data["jitter_p"], data["grayscale_p"]) == (0.5, 0.0, 0.0), control
+        assert (data["flip_p"], data["jitter_p"], data["grayscale_p"], data["crop_min_area"]) == (0.5, 0.0, 0.0, 0.5)
     stages = results["stages"]
     assert list(stages) == ["data", "pretrain_fima", "probe_fima", "pretrain_moco", "probe_moco", "probe_random",
                             "supervised", "appearance", "mask", "report"]
@@ -88,6 +88,25 @@ def test_train_transform_reads_the_augmentation_probabilities() -> None:
     assert torch.allclose(kept(clip, g), expected.expand(3, 4, 16, 16), atol=1e-4)
     paper = train_transform({"data": {"size": 16, "jitter_p": None}}, model)  # None: the default applies
     assert any(not torch.allclose(paper(clip, g), expected.expand(3, 4, 16, 16), atol=1e-3) for _ in range(5))
+
+
+def test_train_transform_reads_the_smallest_crop() -> None:
+    from fima_models._utils import KINETICS_STD
+    from train.downstream.build import train_transform
+
+    model = torch.nn.Identity()
+    span = 225 / 255 / KINETICS_STD[0]  # darkest to brightest column, normalised (red channel)
+    plain = {"size": 16, "flip_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0}
+    whole = train_transform({"data": {**plain, "crop_min_area": 1.0}}, model)
+    paper = train_transform({"data": plain}, model)
+    g = torch.Generator().manual_seed(0)
+    ramp = (torch.arange(16, dtype=torch.uint8) * 15).view(1, 1, 16, 1).expand(4, 16, 16, 3).contiguous()
+    # crops of the whole frame keep the darkest and brightest columns; smaller crops lose them
+    for _ in range(5):
+        row = whole(ramp, g)[0, 0, 0]
+        assert float(row[-1] - row[0]) == pytest.approx(span, rel=1e-4)
+    spans = [float(v[0, 0, 0, -1] - v[0, 0, 0, 0]) for v in (paper(ramp, g) for _ in range(20))]
+    assert min(spans) < 0.6 * span
 
 
 def test_register_adds_the_demo_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

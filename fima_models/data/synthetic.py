@@ -3,11 +3,13 @@
 Every clip shows one textured object moving over a static, low-contrast textured background,
 with a little sensor noise. The **label is the motion** of the object (direction, speed,
 trajectory shape, scale change). Everything a single frame shows is random per video: the
-object's shape, size, texture and colour, the background's texture and colour, the start
-position and the noise level; start positions are drawn so that the object's position in a
-frame is distributed alike for a motion and its reverse. The object's colour lies on the other
-side of mid-grey than the background's, so it stands out at any resolution. A model that only
-looks at single frames cannot do better than chance.
+object's shape, textures and colours, the background's texture and colour and the noise level.
+Where the object is and how large it is come from one placement that every class draws alike,
+so for the translations along an axis, the zooms, the shakes and ``Static`` the object's
+position and size in a frame have the same distribution whatever the class (``_trajectory``
+says how; circles and diagonal moves share the ranges only). The object's colour lies on the
+other side of mid-grey than the background's, so it stands out at any resolution, and it stays
+inside the frame.
 
 :func:`write_motion_dataset` renders clips with numpy (vectorised over frames),
 encodes them as real H.264 MP4 files and writes the UCF101 layout::
@@ -45,7 +47,7 @@ __all__ = ["MOTION_CLASSES", "MotionClip", "MotionSpec", "dataset_clip", "render
 _logger = logging.getLogger(__name__)
 
 _META_NAME = "motion.json"
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ class MotionSpec:
         direction: unit vector (x, y) in image coordinates (y points down) for
             ``translate`` / ``oscillate``; for ``circle`` x is +1 (clockwise on
             screen) or -1 (counter-clockwise); for ``zoom`` x is +1 (in) or -1 (out).
-        speed: relative speed multiplier.
+        speed: for ``translate``, how much longer (faster) the sweep is than a normal
+            translation's; above 1 the object may enter or leave the frame.
     """
 
     kind: str
@@ -154,52 +157,73 @@ def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, soft: np.ndarray) -> np
     return np.clip((1.0 - dist) / soft + 0.5, 0.0, 1.0)
 
 
-def _trajectory(
-    spec: MotionSpec, rng: np.random.Generator, t: np.ndarray, size: int, radius: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre x, centre y and scale per frame of the object (pixels).
+#: Placement drawn the same way for every class (fractions of the frame side, of the free width, of the clip).
+_BASE_RADIUS = (0.11, 0.14)  # the object's radius at scale 1, x frame side
+_SCALE_RATIO = (3.5, 4.5)  # largest / smallest radius a zoom sweeps; every kind draws it
+_SWEEP = (0.7, 1.0)  # how far along an axis a translation, shake or circle goes, x the free width
+_SHAKE_CYCLES = (2.0, 10.0 / 3.0)  # back-and-forth cycles over a clip (a period of 30-50 % of it)
+_CIRCLE_TURNS = (0.7, 1.0)
 
-    Start positions are drawn so that the position at a random time is distributed the same way
-    for a motion and its reverse: where the object is in one frame says nothing about the class.
+
+def _triangle(z: np.ndarray) -> np.ndarray:
+    """Triangle wave of period 1 between 0 and 1: at a uniformly random phase its value is uniform."""
+    return 1.0 - np.abs(2.0 * np.mod(z, 1.0) - 1.0)
+
+
+def _axis_progress(
+    spec: MotionSpec, axis: int, phase: float, frac: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Where along its sweep (0..1) the object is on one axis (0: x, 1: y), frame by frame."""
+    d = spec.direction[axis]
+    if spec.kind == "translate" and d != 0:
+        return frac if d > 0 else 1.0 - frac
+    if spec.kind == "oscillate" and d != 0:
+        return _triangle(phase + rng.uniform(*_SHAKE_CYCLES) * frac)
+    return np.full_like(frac, phase)
+
+
+def _trajectory(
+    spec: MotionSpec, rng: np.random.Generator, t: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Centre x, centre y (pixels) and scale per frame of the object, and its radius at scale 1.
+
+    One placement serves every kind, so a single frame's object position and size say nothing of the
+    class. Every clip draws a base radius, a scale ratio, and per axis a sweep (a share of the width
+    the object can use while staying inside the frame at its largest), an offset and a phase. The
+    motion only decides how the object runs through its sweep: a translation ramps along its moving
+    axis, a shake runs a triangle wave from a random phase, every other axis stays at its phase; a
+    zoom ramps the log-scale, the other kinds hold it at a random level. At a uniformly random frame
+    the progress along each axis and the log-scale are uniform for every one of these kinds, so
+    ``(x, y, scale)`` has the same distribution for all of them. Circles (an ellipse through the
+    sweep box) and diagonal translations share the ranges but not the exact distribution, and
+    ``speed`` > 1 lengthens a translation's sweep beyond the free width: it enters or leaves the frame.
     """
-    n = len(t)
-    s = np.ones(n, dtype=np.float32)
-    margin = radius + 1.0
-    if spec.kind == "translate":
-        total = rng.uniform(0.45, 0.6) * size * spec.speed  # path length over the clip
-        total = min(total, (size - 2 * margin) * (1.4 if spec.speed > 1 else 1.0))
-        d = np.asarray(spec.direction, dtype=np.float32)
-        step = total / max(n - 1, 1)
-        path = t[:, None] * step * d[None, :]
-        lo = margin - np.minimum(path.min(0), 0)
-        hi = size - margin - np.maximum(path.max(0), 0)
-        start = np.where(hi > lo, rng.uniform(0, 1, 2) * (hi - lo) + lo, size / 2.0 - path[-1] / 2.0)
-        xy = start[None, :] + path
-    elif spec.kind == "circle":
-        rad = rng.uniform(0.15, 0.25) * size
-        turns = rng.uniform(0.7, 1.0)
-        phase = rng.uniform(0, 2 * math.pi)
-        ang = phase + spec.direction[0] * 2 * math.pi * turns * t / max(n - 1, 1)
-        centre = size / 2.0 + rng.uniform(-0.05, 0.05, 2) * size
-        xy = centre[None, :] + rad * np.stack([np.cos(ang), np.sin(ang)], axis=1)
-    elif spec.kind == "zoom":
-        ratio = rng.uniform(3.5, 4.5)  # the radius doubles over half a clip: as visible as a translation
-        frac = t / max(n - 1, 1)
-        s = (ratio ** (frac if spec.direction[0] > 0 else 1.0 - frac) / math.sqrt(ratio)).astype(np.float32)
-        xy = np.repeat((size / 2.0 + rng.uniform(-0.1, 0.1, 2) * size)[None, :], n, axis=0)
-    elif spec.kind == "oscillate":
-        amp = rng.uniform(0.15, 0.22) * size
-        period = rng.uniform(0.3, 0.5) * n
-        phase = rng.uniform(0, 2 * math.pi)
-        d = np.asarray(spec.direction, dtype=np.float32)
-        offset = amp * np.sin(2 * math.pi * t / period + phase)
-        centre = size / 2.0 + rng.uniform(-0.08, 0.08, 2) * size
-        xy = centre[None, :] + offset[:, None] * d[None, :]
-    elif spec.kind == "static":
-        xy = np.repeat(rng.uniform(margin, size - margin, 2)[None, :], n, axis=0)
-    else:
+    if spec.kind not in ("translate", "circle", "zoom", "oscillate", "static"):
         raise ValueError(f"unknown motion kind '{spec.kind}'")
-    return xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32), s
+    # frame midpoints: a ramp over them is as spread as a uniform draw (frame 0 to 1 would be 3 % wider)
+    frac = (t + 0.5) / len(t)
+    radius = float(rng.uniform(*_BASE_RADIUS) * size)
+    ratio = float(rng.uniform(*_SCALE_RATIO))
+    margin = radius * math.sqrt(ratio) + 1.0  # the largest radius any kind can reach, plus a pixel
+    free = size - 2.0 * margin
+    share = rng.uniform(*_SWEEP, size=2)
+    if spec.kind == "translate":
+        share = np.where(np.asarray(spec.direction) != 0, share * spec.speed, share)
+    sweep = share * free
+    # a sweep longer than the free width (speed > 1) overhangs it at both ends by a random split
+    offset = margin + rng.uniform(0.0, 1.0, size=2) * (free - sweep)
+    phase = rng.uniform(0.0, 1.0, size=2)
+    level = np.full_like(frac, rng.uniform(0.0, 1.0))  # where the log-scale sits in its range
+    if spec.kind == "circle":
+        angle = 2 * math.pi * (phase[0] + spec.direction[0] * rng.uniform(*_CIRCLE_TURNS) * frac)
+        progress = [0.5 + 0.5 * np.cos(angle), 0.5 + 0.5 * np.sin(angle)]
+    else:
+        progress = [_axis_progress(spec, axis, float(phase[axis]), frac, rng) for axis in (0, 1)]
+    if spec.kind == "zoom":
+        level = frac if spec.direction[0] > 0 else 1.0 - frac
+    x, y = (offset[axis] + sweep[axis] * progress[axis] for axis in (0, 1))
+    scale = ratio ** (level - 0.5)
+    return x.astype(np.float32), y.astype(np.float32), scale.astype(np.float32), radius
 
 
 def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -233,8 +257,7 @@ def render_motion_clip(
     ys = np.arange(size, dtype=np.float32)[None, :, None]  # [1, H, 1]
     bg_colour, obj_colour = _contrasting_colours(rng)
     frames = np.broadcast_to(_texture(rng, xs / size, ys / size, bg_colour, 0.06), (3, num_frames, size, size)).copy()
-    radius = rng.uniform(0.13, 0.19) * size
-    cx, cy, scale = _trajectory(spec, rng, t, size, radius)
+    cx, cy, scale, radius = _trajectory(spec, rng, t, size)
     r = radius * scale[:, None, None]
     u = (xs - cx[:, None, None]) / r  # [T, 1, W]
     v = (ys - cy[:, None, None]) / r  # [T, H, 1]

@@ -265,6 +265,8 @@ class DownstreamData:
     flip_p: Optional[float] = rule(None, ge=0, le=1)
     jitter_p: Optional[float] = rule(None, ge=0, le=1)
     grayscale_p: Optional[float] = rule(None, ge=0, le=1)
+    # smallest random-resized-crop area of fine-tuning, a share of the frame; None keeps the paper's 0.2
+    crop_min_area: Optional[float] = rule(None, gt=0, le=1)
 
 
 @dataclass

@@ -208,13 +208,16 @@ def train_transform(cfg: Mapping[str, Any], model: nn.Module) -> TrainTransform:
     """Fine-tuning augmentation: the pretraining augmentation minus blur (unless ``data.blur``).
 
     ``data.flip_p`` (horizontal flip), ``data.jitter_p`` (colour jitter) and ``data.grayscale_p``
-    set the probabilities of those augmentations; absent, :class:`TrainTransform`'s (the paper's) apply.
+    set the probabilities of those augmentations, ``data.crop_min_area`` the smallest crop (a share
+    of the frame area); absent, :class:`TrainTransform`'s (the paper's) apply.
     """
     mean, std = model_norm(model)
     data = cfg["data"]
-    probabilities = {key: float(data[key]) for key in _AUGMENT_PROBABILITIES if data.get(key) is not None}
+    options: dict[str, Any] = {key: float(data[key]) for key in _AUGMENT_PROBABILITIES if data.get(key) is not None}
+    if data.get("crop_min_area") is not None:
+        options["scale"] = (float(data["crop_min_area"]), 1.0)
     return TrainTransform(size=int(data["size"]), blur=bool(data.get("blur", False)), mean=mean, std=std,
-                          **probabilities)
+                          **options)
 
 
 def eval_transform(cfg: Mapping[str, Any], model: nn.Module) -> EvalTransform:
