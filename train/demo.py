@@ -95,7 +95,9 @@ DEMO_CONFIG: dict[str, Any] = {
         # and 40 test videos per class: 280 test videos, binomial SE <= 3 points at any accuracy
         "videos_per_class": 80,
         "test_fraction": 0.5,
-        "num_frames": 32,
+        # 24 frames: the object crosses its sweep (up to the free width) within 24 frames, fast
+        # enough for the demo backbone to learn at 204 steps (32 frames: 42-73 % ceilings)
+        "num_frames": 24,
         # 64x64: the demo backbone's final map has 4x4 cells (FIMA's dense term needs cells)
         "size": 64,
     },
@@ -131,7 +133,9 @@ DEMO_CONFIG: dict[str, Any] = {
         # Crops and flips stay (every class is unchanged by a flip).
         "lr": 0.1,
         "warmup_epochs": 1,
-        "augment": {"flip_p": 0.5, "jitter_p": 0.0, "grayscale_p": 0.0},
+        # crops of at least half the frame: the object moves anywhere in it, and smaller crops often
+        # miss it (the ceiling at 204 steps: 99.3 % with these crops, 88.2 % with the paper's 20 %)
+        "augment": {"flip_p": 0.5, "jitter_p": 0.0, "grayscale_p": 0.0, "crop_min_area": 0.5},
     },
     "probe": {
         "clip_len": 8,  # = the pretraining global view: 8 frames ...
