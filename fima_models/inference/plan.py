@@ -24,8 +24,9 @@ _logger = logging.getLogger(__name__)
 
 #: Largest ``max |optimized - fp32| / max |fp32|`` accepted for a float32 plan.
 FP32_TOLERANCE = 1e-4
-#: What the oneDNN fusion measured in the eager bf16 plan (docs/performance.md).
-_FUSION_GAIN = ('convs with prepacked weights, ReLU and residual add as oneDNN post-ops')
+#: What the oneDNN fusion does and measured in the eager bf16 plan (docs/performance.md).
+_FUSION_GAIN = ('3-D convs with prepacked weights, ReLU and residual add as oneDNN post-ops '
+                '(r2plus1d_18 1.7x, r3d_18 1.35x the unfused eager bf16 plan)')
 
 #: The same bound for a bfloat16 plan (bfloat16 weights and activations; measured <= 1e-2 on the zoo).
 BF16_TOLERANCE = 5e-2
@@ -93,12 +94,14 @@ def plan_inference(
     """The fast-inference plan for ``device`` (the rule measured by ``benchmarks/models.py``).
 
     CPU: BatchNorm folding and channels-last-3d (1.6x on R(2+1)D-18, 2.8x on S3D at batch 8), and
-    factorised convs as 2-D convs (level with channels-last 3-D convs); in float32 ``torch.compile``
-    is off unless asked for (on CPU it was slower than the eager fast path, after ~40 s of compile);
-    in bfloat16 too (compiled, with 3-D channels-last convs that inductor fuses with ReLU and the
-    residual adds, it measured 1.43x / 1.28x the eager bf16 plan on R(2+1)D-18 / R3D-18, 1.0x on
-    MC3-18 and 0.07-0.08x on S3D / I3D); the allocator setting is recommended on Linux/glibc. CUDA: BatchNorm folding and channels-last-3d; cuDNN runs the
-    factorised convs itself. Other devices: BatchNorm folding only.
+    in float32 factorised convs as 2-D convs (level with channels-last 3-D convs); in float32
+    ``torch.compile`` is off unless asked for (on CPU it was slower than the eager fast path, after
+    ~40 s of compile). In bfloat16 the eager plan runs oneDNN's fused convolutions instead of the
+    2-D rewrite where this torch has them (:func:`~fima_models.inference.fusion.fuse_onednn`:
+    prepacked weights, ReLU and residual add as post-ops; 1.2-1.7x the unfused eager bf16 plan,
+    level or faster than compiling) and compile stays opt-in (compiled S3D / I3D ran 0.1-0.2x the
+    eager plan). The allocator setting is recommended on Linux/glibc. CUDA: BatchNorm folding and
+    channels-last-3d; cuDNN runs the factorised convs itself. Other devices: BatchNorm folding only.
 
     Args:
         device: Target device; ``None`` is the CPU.
@@ -119,8 +122,8 @@ def plan_inference(
         use_compile = bool(compile)
         reasons.append('compile: asked for' if compile else
                        'no compile: asked' if compile is False else
-                       'no compile: in bf16 it helps r2plus1d_18 / r3d_18 (1.4x / 1.3x the eager plan) but not '
-                       'mc3_18 (1.0x) and runs s3d / i3d 0.07-0.08x' if bf16 else
+                       'no compile: in bf16 the fused eager plan is as fast or faster (r2plus1d_18 / r3d_18 / '
+                       'mc3_18) and compiled s3d / i3d run 0.1-0.2x the eager plan' if bf16 else
                        'no compile: on CPU the eager fast path is as fast and needs no compile time')
         # eager bf16: oneDNN's fused 3-D convs (prepacked weights, ReLU / residual add as post-ops);
         # a compiled bf16 graph runs 3-D channels-last convs (inductor's oneDNN fusions match them);
