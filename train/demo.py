@@ -5,8 +5,9 @@ frames cannot:
 
 1. **Data** -- :func:`fima_models.data.synthetic.write_motion_dataset` renders one set of
    procedural motion videos in the UCF101 layout (train / test split). The label is the motion
-   of one object; its shape, size, texture, colour, start position, the background and the
-   noise are random per video, so single frames carry no label. The classes are unchanged by a
+   of one object; its shape, texture, colour, the background and the noise are random per video,
+   and its position and size in a frame are distributed alike for every class, so single frames
+   carry no label (the single-frame control measures it). The classes are unchanged by a
    horizontal flip (up / down, zoom in / out, shakes, static), so the paper's flip augmentation
    cannot turn one class into another.
 2. **Pretraining** -- :func:`train.pretrain.run_pretrain` trains FIMA and the MoCo baseline on the
