@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 FP32_TOLERANCE = 1e-4
 #: What the oneDNN fusion does and measured in the eager bf16 plan (docs/performance.md).
 _FUSION_GAIN = ('3-D convs with prepacked weights, ReLU and residual add as oneDNN post-ops '
-                '(r2plus1d_18 1.35-1.7x, r3d_18 1.35x, mc3_18 1.16x the unfused eager bf16 plan)')
+                '(r2plus1d_18 1.2-1.7x, r3d_18 1.35x, mc3_18 1.16x the unfused eager bf16 plan)')
 
 #: The same bound for a bfloat16 plan (bfloat16 weights and activations; measured <= 1e-2 on the zoo).
 BF16_TOLERANCE = 5e-2
