@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 FP32_TOLERANCE = 1e-4
 #: What the oneDNN fusion does and measured in the eager bf16 plan (docs/performance.md).
 _FUSION_GAIN = ('3-D convs with prepacked weights, ReLU and residual add as oneDNN post-ops '
-                '(r2plus1d_18 1.2-1.7x, r3d_18 1.35x, mc3_18 1.16x the unfused eager bf16 plan)')
+                '(resnets 1.06-1.2x the unfused eager bf16 plan at low load, up to 1.7x loaded)')
 
 #: The same bound for a bfloat16 plan (bfloat16 weights and activations; measured <= 1e-2 on the zoo).
 BF16_TOLERANCE = 5e-2
@@ -98,8 +98,9 @@ def plan_inference(
     ``torch.compile`` is off unless asked for (on CPU it was slower than the eager fast path, after
     ~40 s of compile). In bfloat16 the eager plan runs oneDNN's fused convolutions instead of the
     2-D rewrite where this torch has them (:func:`~fima_models.inference.fusion.fuse_onednn`:
-    prepacked weights, ReLU and residual add as post-ops; 1.2-1.7x the unfused eager bf16 plan,
-    level or faster than compiling) and compile stays opt-in (compiled S3D / I3D ran 0.1-0.2x the
+    prepacked weights, ReLU and residual add as post-ops; on the ResNets 1.06-1.2x the unfused
+    eager bf16 plan at low load, up to 1.7x on a loaded machine, and level with or faster than
+    compiling) and compile stays opt-in (compiled S3D / I3D ran 0.1-0.2x the
     eager plan). The allocator setting is recommended on Linux/glibc. CUDA: BatchNorm folding and
     channels-last-3d; cuDNN runs the factorised convs itself. Other devices: BatchNorm folding only.
 
