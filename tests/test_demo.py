@@ -37,7 +37,7 @@ def test_demo_tiny_end_to_end(tmp_path: Path) -> None:
     assert appearance["config"]["data"]["clip_len"] == 1  # single frames
     for control in ("supervised", "appearance"):  # crops and flips, no colour jitter or grayscale
         data = json.loads((out / control / "results.json").read_text())["config"]["data"]
-        assert (data["flip_p"], data["jitter_p"], data["grayscale_p"], data["crop_min_area"]) == (0.5, 0.0, 0.0, 0.5)
+        assert (data["flip_p"], data["jitter_p"], data["grayscale_p"], data["crop_min_area"]) == (0.5, 0.0, 0.0, 0.5), control
     stages = results["stages"]
     assert list(stages) == ["data", "pretrain_fima", "probe_fima", "pretrain_moco", "probe_moco", "probe_random",
                             "supervised", "appearance", "mask", "report"]

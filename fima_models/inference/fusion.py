@@ -237,9 +237,9 @@ def fuse_onednn(model: nn.Module, run: Callable[[], Any]) -> Dict[str, int]:
     if not onednn_fusion_available()[0]:
         return counts
     with torch.no_grad():
-        pairs = [(conv, relu) for conv, relu in trace_single_consumers(model, run, (nn.ReLU,))]
         modules = dict(model.named_modules())
-        relu_of = {conv: relu for conv, relu in pairs if OneDnnConv3d.supported(modules[conv])}
+        relu_of = {conv: relu for conv, relu in trace_single_consumers(model, run, (nn.ReLU,))
+                   if OneDnnConv3d.supported(modules[conv])}
         for name, module in list(model.named_modules()):
             if OneDnnConv3d.supported(module):
                 fused = name in relu_of
